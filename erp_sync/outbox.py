@@ -1,0 +1,179 @@
+"""The transactional outbox: events are written in the same transaction as the change they describe,
+with one delivery row per interested subscriber. The relay (erp_sync/relay.py) delivers them after
+commit. Nothing here talks to the outside world.
+
+Subscribers are registered by the composition root (app.py) with the topics they want; an event
+gets a delivery row for every subscriber registered at the moment it is emitted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import secrets
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
+
+from db import CHINA_TZ, Base, UTCDateTime, utcnow
+
+if TYPE_CHECKING:
+    from payments.models import Bill
+
+
+class Topic(enum.StrEnum):
+    bill_opened = "bill.opened"
+    bill_voided = "bill.voided"
+    bill_reminded = "bill.reminded"
+    payment_succeeded = "payment.succeeded"
+    payment_recorded_offline = "payment.recorded_offline"
+    payment_failed = "payment.failed"
+    payment_anomaly = "payment.anomaly"
+    refund_succeeded = "refund.succeeded"
+    refund_failed = "refund.failed"
+
+
+# The event types of the public ERP webhook contract. Others (reminders, failures) feed notices only.
+ERP_TOPICS = frozenset(
+    {
+        Topic.bill_opened,
+        Topic.bill_voided,
+        Topic.payment_succeeded,
+        Topic.payment_recorded_offline,
+        Topic.refund_succeeded,
+        Topic.refund_failed,
+        Topic.payment_anomaly,
+    }
+)
+
+
+class DeliveryStatus(enum.StrEnum):
+    pending = "pending"
+    delivered = "delivered"
+    dead = "dead"
+
+
+class OutboxEvent(Base):
+    __tablename__ = "outbox_events"
+    __table_args__ = (UniqueConstraint("bill_id", "seq", name="uq_outbox_events_bill_seq"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    topic: Mapped[str] = mapped_column(String(40), index=True)
+    bill_id: Mapped[int | None] = mapped_column(ForeignKey("bills.id"), index=True)
+    seq: Mapped[int | None] = mapped_column(Integer)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+
+    deliveries: Mapped[list[OutboxDelivery]] = relationship(back_populates="event")
+
+
+class OutboxDelivery(Base):
+    __tablename__ = "outbox_deliveries"
+    __table_args__ = (
+        UniqueConstraint("event_id", "subscriber", name="uq_outbox_deliveries_event_subscriber"),
+        Index("ix_outbox_deliveries_due", "subscriber", "status", "next_attempt_at"),
+        Index("ix_outbox_deliveries_bill_order", "subscriber", "bill_id", "seq"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    event_id: Mapped[str] = mapped_column(ForeignKey("outbox_events.id"))
+    subscriber: Mapped[str] = mapped_column(String(32))
+    # Copied from the event so the relay can order per bill without a join.
+    bill_id: Mapped[int | None] = mapped_column(Integer)
+    seq: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.pending.value)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    event: Mapped[OutboxEvent] = relationship(back_populates="deliveries")
+
+
+@dataclass(frozen=True)
+class Subscription:
+    name: str
+    topics: frozenset[str] | None  # None: every topic
+
+
+class SubscriberRegistry:
+    """Which subscribers want which topics. Filled by app.py; read by ``emit``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._subs: dict[str, Subscription] = {}
+
+    def register(self, name: str, topics: Iterable[str] | None = None) -> None:
+        with self._lock:
+            self._subs[name] = Subscription(name, None if topics is None else frozenset(map(str, topics)))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._subs.clear()
+
+    def for_topic(self, topic: str) -> list[str]:
+        with self._lock:
+            return [s.name for s in self._subs.values() if s.topics is None or topic in s.topics]
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return list(self._subs)
+
+
+registry = SubscriberRegistry()
+registry.register("erp", ERP_TOPICS)
+
+
+def new_event_id() -> str:
+    return "evt_" + secrets.token_hex(12)
+
+
+def emit(
+    session: Session,
+    topic: Topic | str,
+    *,
+    bill: Bill | None,
+    data: Mapping[str, Any],
+    now: dt.datetime | None = None,
+) -> OutboxEvent:
+    """Record an event in the caller's transaction.
+
+    A contract event (``ERP_TOPICS``) of a bill bumps ``bill.seq`` — the caller holds the bill's row
+    lock, so seq grows by exactly one per event the ERP sees. Internal events (reminders, failures)
+    carry the bill's current view but take no seq of their own."""
+    now = now or utcnow()
+    seq: int | None = None
+    bill_view: dict[str, Any] | None = None
+    if bill is not None:
+        if topic in ERP_TOPICS:
+            bill.seq += 1
+            seq = bill.seq
+        bill_view = bill.webhook_view()
+    event = OutboxEvent(
+        id=new_event_id(),
+        topic=str(topic),
+        bill_id=bill.id if bill is not None else None,
+        seq=seq,
+        created_at=now,
+        payload={
+            "id": "",
+            "type": str(topic),
+            "created_at": now.astimezone(CHINA_TZ).isoformat(timespec="seconds"),
+            "bill": bill_view,
+            "data": dict(data),
+        },
+    )
+    event.payload["id"] = event.id
+    session.add(event)
+    for name in registry.for_topic(str(topic)):
+        session.add(
+            OutboxDelivery(
+                event_id=event.id, subscriber=name, bill_id=event.bill_id, seq=seq, next_attempt_at=now
+            )
+        )
+    return event

@@ -1,0 +1,8 @@
+"""Imports every module that defines tables, so ``Base.metadata`` is complete (Alembic, tests).
+Add a line here when a package gains models."""
+
+import erp_sync.outbox
+import payments.models
+import payments.numbers
+
+__all__ = ["erp_sync", "payments"]
