@@ -1,3 +1,8 @@
 """Shared fixtures. Feature-specific fixtures live in tests/fixtures/<name>.py and are listed here."""
 
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = [
+    "tests.fixtures.database",
+    "tests.fixtures.domain",
+    "tests.fixtures.wechatpay_standin",
+    "tests.fixtures.wechat_standin",
+]
