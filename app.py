@@ -17,6 +17,7 @@ from flask import Flask, jsonify
 import config as config_module
 from config import ConfigError, Settings, load_settings, validate
 from db import Database, current_db
+from payments.links import Links
 
 log = logging.getLogger("renopay")
 
@@ -42,6 +43,9 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     app.extensions["renopay.settings"] = settings
     app.extensions["renopay.db"] = database
 
+    app.extensions["renopay.links"] = Links(
+        settings.secret_key, settings.public_base_url, settings.pay_link_ttl_days
+    )
     app.add_url_rule("/healthz", "healthz", _healthz)
     _register_cli(app)
     _register_features(app, settings)
@@ -107,9 +111,9 @@ def _register_cli(app: Flask) -> None:
         """Database migrations (Alembic)."""
 
     @db_group.command("upgrade")
-    @click.argument("revision", default="head")
+    @click.argument("revision", default="heads")
     def db_upgrade(revision: str) -> None:
-        """Apply migrations up to REVISION (default: head)."""
+        """Apply migrations up to REVISION (default: every head)."""
         from migrations.runner import upgrade
 
         upgrade(config_module.current_settings().database_url, revision)
