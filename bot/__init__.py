@@ -1,0 +1,1 @@
+"""The WeChat Official Account channel: endpoint, crypto, parsing, replies, outbound client, tokens."""
