@@ -118,6 +118,8 @@ def create_app(credentials: SandboxCredentials, *, push_target: str | None = Non
                               for name, f in request.files.items()}}
         elif request.content_length:
             body = request.get_json(force=True, silent=True)
+            if isinstance(body, dict):
+                body = {k: "***" if k in SECRET_PARAMS else v for k, v in body.items()}
             if body is None:
                 body = request.get_data(as_text=True)[:2000]
         errcode = None

@@ -101,8 +101,11 @@ def test_template_send_pushes_job_finish_event(wechat_api, wechat_recorder):
     wechat_api.control("POST", "push-target", {"url": wechat_recorder.url, "mode": "safe"})
     openid = wechat_api.control("POST", "users", {})["openid"]
     msgid = _template(wechat_api, _token(wechat_api), openid)["msgid"]
-    msgs = wechat_recorder.wait_for(lambda m: any(getattr(x, "event", "") == "templatesendjobfinish" for x in m))
-    event = next(x for x in msgs if getattr(x, "event", "") == "templatesendjobfinish")
+    def finished(x) -> bool:
+        return getattr(x, "event", "") == "templatesendjobfinish"
+
+    msgs = wechat_recorder.wait_for(lambda m: any(finished(x) for x in m))
+    event = next(x for x in msgs if finished(x))
     assert event.source == openid and event.target == wechat_api.credentials.original_id
     assert int(event.id) == msgid and event.status == "success"
     sent = wechat_api.control("GET", f"templates?openid={openid}")
@@ -152,7 +155,8 @@ def test_template_value_rules_accept_documented_forms():
         "time6": {"value": "2026-11-26 10:00"}, "time7": {"value": "2026年11月26日 10:00"},
         "time8": {"value": "2026-11-26 10:00~2026-11-26 12:00"}, "phrase9": {"value": "已支付"},
         "number10": {"value": "3.5"}, "letter11": {"value": "ABC"}, "symbol12": {"value": "#"},
-        "car_number13": {"value": "沪A12345"}, "name14": {"value": "张三"}, "phone_number15": {"value": "13800138000"},
+        "car_number13": {"value": "沪A12345"}, "name14": {"value": "张三"},
+        "phone_number15": {"value": "13800138000"},
         "first": {"value": "任意"}, "keyword1": {"value": "x" * 100},
     }
     assert invalid_keys(good) == []
@@ -222,7 +226,8 @@ def test_qr_scan_pushes_subscribe_then_scan(wechat_api, wechat_recorder):
 def test_menu_and_jsapi_ticket(wechat_api):
     token = _token(wechat_api)
     menu = {"button": [{"type": "click", "name": "我的账单", "key": "MY_BILLS"}]}
-    assert wechat_api.api("POST", "/cgi-bin/menu/create", params={"access_token": token}, json=menu)["errcode"] == 0
+    res = wechat_api.api("POST", "/cgi-bin/menu/create", params={"access_token": token}, json=menu)
+    assert res["errcode"] == 0
     assert wechat_api.control("GET", "menu") == menu
     too_many = {"button": [menu["button"][0]] * 4}
     res = wechat_api.api("POST", "/cgi-bin/menu/create", params={"access_token": token}, json=too_many)
@@ -270,7 +275,8 @@ def test_oauth_code_single_use_expiry_and_invalid(wechat_api):
     assert first["openid"] == "oOAuthUser000000000000000001" and "is_snapshotuser" not in first
     assert _exchange(wechat_api, code)["errcode"] == 40163
     assert _exchange(wechat_api, "nonsense")["errcode"] == 40029
-    late = parse_qs(urlsplit(_authorize(wechat_api, "oOAuthUser000000000000000001").headers["Location"]).query)
+    again = _authorize(wechat_api, "oOAuthUser000000000000000001")
+    late = parse_qs(urlsplit(again.headers["Location"]).query)
     wechat_api.control("POST", "clock/advance", {"seconds": 301})
     assert _exchange(wechat_api, late["code"][0])["errcode"] == 40029
 
@@ -350,7 +356,8 @@ def test_push_client_judges_replies_in_each_mode(wechat_credentials, wechat_reco
                               "MsgType": "text", "Content": f"收到：{msg.content}"})
 
     wechat_recorder.reply = reply
-    client = pc.PushClient(wechat_recorder.url, c.token, c.app_id, c.encoding_aes_key, c.original_id, mode=mode)
+    client = pc.PushClient(wechat_recorder.url, c.token, c.app_id, c.encoding_aes_key, c.original_id,
+                           mode=mode)
     result = client.push(pc.text_message(c.original_id, "oMode00000000000000000000001", "你好"))
     assert result.verdict is pc.Verdict.REPLY and result.reply["Content"] == "收到：你好"
     wechat_recorder.reply = None
