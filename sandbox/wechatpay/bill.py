@@ -17,7 +17,8 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from .errors import CST
-from .state import Order, Refund, Store, new_openid, new_transaction_id
+from .models import Order, Refund, new_openid, new_transaction_id
+from .state import Store
 
 DETAIL_HEADER = (
     "交易时间,公众账号ID,商户号,特约商户号,设备号,微信订单号,商户订单号,用户标识,交易类型,交易状态,付款银行,"

@@ -17,8 +17,9 @@ from .bill import BILL_TYPES, BillInjections, trade_bill
 from .crypto import Crypto
 from .errors import ApiError, param_error
 from .faults import ApiFaults
+from .models import REFUND_FINAL, Order, Refund
 from .notifier import Notifier
-from .state import REFUND_FINAL, Order, Refund, Store
+from .state import Store
 
 MODES = ("public_key", "certificate")
 REFUND_SUMMARY = {"SUCCESS": "退款成功", "CLOSED": "退款关闭", "ABNORMAL": "退款异常"}
@@ -44,6 +45,7 @@ class StandIn:
         self.bill_injections = BillInjections()
         self.settings = Settings()
         self._lock = threading.Lock()
+        self._generation = 0  # bumped by reset(): refund timers of an earlier generation do nothing
         self._refund_outcomes: dict[str, tuple[str, float | None]] = {}
         self._bills: dict[str, tuple[bytes, float]] = {}
         self.requests: collections.deque[dict[str, Any]] = collections.deque(maxlen=2000)
@@ -68,6 +70,7 @@ class StandIn:
         self.api_faults.clear()
         self.bill_injections.clear()
         with self._lock:
+            self._generation += 1
             self.settings = Settings()
             self._refund_outcomes.clear()
             self._bills.clear()
@@ -133,14 +136,17 @@ class StandIn:
             with self._lock:
                 delay = self._refund_outcomes.get(refund.out_refund_no, (None, None))[1]
                 delay = self.settings.refund_delay if delay is None else delay
+                generation = self._generation
             threading.Thread(
-                target=self._auto_finish, args=(refund.out_refund_no, delay), daemon=True
+                target=self._auto_finish, args=(refund.out_refund_no, delay, generation), daemon=True
             ).start()
         return refund
 
-    def _auto_finish(self, out_refund_no: str, delay: float) -> None:
+    def _auto_finish(self, out_refund_no: str, delay: float, generation: int) -> None:
         time.sleep(delay)
         with self._lock:
+            if generation != self._generation:
+                return
             status = self._refund_outcomes.get(out_refund_no, (self.settings.refund_status, None))[0]
         if status in REFUND_FINAL:
             self.resolve_refund(out_refund_no, status, missing_ok=True)
