@@ -75,8 +75,13 @@ def test_table_has_at_least_thirty_cases() -> None:
 
 @pytest.mark.parametrize(
     ("fen", "text"),
-    [(3_800_000, "¥38,000.00"), (1, "¥0.01"), (0, "¥0.00"), (100_000_000_000, "¥1,000,000,000.00"),
-     (-5, "-¥0.05")],
+    [
+        (3_800_000, "¥38,000.00"),
+        (1, "¥0.01"),
+        (0, "¥0.00"),
+        (100_000_000_000, "¥1,000,000,000.00"),
+        (-5, "-¥0.05"),
+    ],
 )
 def test_format_fen(fen: int, text: str) -> None:
     assert format_fen(fen) == text
