@@ -101,7 +101,7 @@ class Refund:
         order = self.order
         paid = order.paid_total or order.total
         payer_refund = min(self.refund, order.payer_total or paid)
-        view = {
+        view: dict[str, Any] = {
             "refund_id": self.refund_id,
             "out_refund_no": self.out_refund_no,
             "transaction_id": order.transaction_id,

@@ -22,8 +22,8 @@ Handler = Callable[..., tuple[int, dict[str, Any] | None]]
 
 def raw_url() -> str:
     """The request target exactly as received (what the merchant signed), relative to our mount point."""
-    raw = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI")
-    if raw and raw.startswith("/"):
+    raw = str(request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI") or "")
+    if raw.startswith("/"):
         root = request.script_root
         return raw[len(root) :] if root and raw.startswith(root) else raw
     query = request.environ.get("QUERY_STRING", "")

@@ -240,7 +240,8 @@ class StandIn:
         return self.notifier.snapshot()
 
     def deliveries(self) -> list[dict[str, Any]]:
-        return self.notifier.snapshot()["deliveries"]
+        deliveries: list[dict[str, Any]] = self.notifier.snapshot()["deliveries"]
+        return deliveries
 
     def received(self) -> list[dict[str, Any]]:
         with self._lock:
