@@ -49,6 +49,8 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     app.add_url_rule("/healthz", "healthz", _healthz)
     _register_cli(app)
     _register_features(app, settings)
+    if settings.sandbox:
+        _mount_sandbox(app, settings)
     return app
 
 
@@ -89,6 +91,25 @@ def _sandbox_settings(settings: Settings) -> Settings:
     if settings.wechatpay_api_base == Settings.wechatpay_api_base:
         values["wechatpay_api_base"] = f"{base}/sandbox/wechatpay"
     return settings.with_overrides(**values)
+
+
+def _mount_sandbox(app: Flask, settings: Settings) -> None:
+    """Mount the stand-ins on this app's own port when the settings point at them. They are still
+    reached over HTTP (the server must be threaded), exactly as the real WeChat APIs would be."""
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+    from sandbox import keys, wechat_api, wechatpay
+
+    creds = keys.ensure(Path(settings.instance_path) / "sandbox")
+    base = settings.public_base_url.rstrip("/")
+    mounts: dict[str, Any] = {}
+    if settings.wechatpay_api_base == f"{base}/sandbox/wechatpay":
+        mounts["/sandbox/wechatpay"] = wechatpay.create_app(creds)
+    if settings.wechat_api_base == f"{base}/sandbox/wechat-api":
+        mounts["/sandbox/wechat-api"] = wechat_api.create_app(creds, push_target=f"{base}/wechat")
+    app.extensions["renopay.sandbox_mounts"] = mounts
+    if mounts:
+        app.wsgi_app = DispatcherMiddleware(app.wsgi_app, mounts)  # type: ignore[method-assign]
 
 
 def _healthz() -> Any:
