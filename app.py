@@ -15,6 +15,7 @@ import click
 from flask import Flask, jsonify
 
 import config as config_module
+import observability
 from config import ConfigError, Settings, load_settings, validate
 from db import Database, current_db
 from payments.links import Links
@@ -46,6 +47,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     app.extensions["renopay.links"] = Links(
         settings.secret_key, settings.public_base_url, settings.pay_link_ttl_days
     )
+    observability.init_app(app, settings.redis_url)
     app.add_url_rule("/healthz", "healthz", _healthz)
     _register_cli(app)
     _register_features(app, settings)
