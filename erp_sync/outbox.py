@@ -89,6 +89,12 @@ class OutboxDelivery(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_error: Mapped[str | None] = mapped_column(Text)
+    # The relay's lease (migration 0004_erp): a claimed delivery belongs to ``lease_owner`` until
+    # ``lease_expires_at``; marks are fenced by the owner so a stale worker can't overwrite a newer one.
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # Start of the current run of failures; the delivery is dead-lettered once it is old enough.
+    failing_since: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
