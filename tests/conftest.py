@@ -3,6 +3,7 @@
 pytest_plugins: list[str] = [
     "tests.fixtures.database",
     "tests.fixtures.domain",
+    "tests.fixtures.erp",
     "tests.fixtures.live",
     "tests.fixtures.wechatpay_standin",
     "tests.fixtures.wechat_standin",
