@@ -1,0 +1,165 @@
+"""``POST /payments/wechatpay/notify`` and ``/refund-notify``: WeChat Pay's callbacks.
+
+Pipeline: verify (signature, |now − timestamp| < 300 s, no SIGNTEST) → store the raw notification
+(dedup by event id) → apply under the bill's row lock, idempotently → answer. Answers (ARCHITECTURE,
+"Behaviour at the edges"): unverifiable → 401 ``{"code":"FAIL",…}``; verified but not applicable
+(unknown order, amount or merchant mismatch) → 200 after recording the anomaly; applied or already
+applied → 204; unknown event types → 204 and a log line; our own failure → 500 so WeChat retries.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+
+from db import Database, current_db, utcnow
+from payments import services
+from payments.errors import DomainError
+from payments.models import RefundStatus
+from payments.notifications import mark_processed, store_notification
+from payments.runtime import gateway
+from payments.wechatpay import Callback, CallbackRejected, WeChatPayGateway, parse_time
+
+log = logging.getLogger("renopay.payments.notify")
+bp = Blueprint("wechatpay_notify", __name__, url_prefix="/payments/wechatpay")
+
+NO_CONTENT, NOT_APPLICABLE = 204, 200
+OUTCOME_STATUS = {
+    "applied": NO_CONTENT,
+    "duplicate": NO_CONTENT,
+    "anomaly": NOT_APPLICABLE,
+    "ignored": NOT_APPLICABLE,
+}
+REFUND_STATUS = {
+    "REFUND.SUCCESS": RefundStatus.succeeded,
+    "REFUND.CLOSED": RefundStatus.closed,
+    "REFUND.ABNORMAL": RefundStatus.abnormal,
+}
+
+
+def _fail(status: int, message: str) -> Response:
+    response = jsonify({"code": "FAIL", "message": message})
+    response.status_code = status
+    return response
+
+
+def _answer(outcome: str) -> Response:
+    return Response(status=OUTCOME_STATUS.get(outcome, NO_CONTENT))
+
+
+def facts_from(resource: Mapping[str, Any]) -> services.WeChatPaymentFacts:
+    amount = resource.get("amount") or {}
+    success = parse_time(resource.get("success_time")) or utcnow()
+    return services.WeChatPaymentFacts(
+        out_trade_no=str(resource["out_trade_no"]),
+        transaction_id=str(resource["transaction_id"]),
+        amount_fen=int(amount["total"]),
+        appid=str(resource.get("appid", "")),
+        mchid=str(resource.get("mchid", "")),
+        success_time=success,
+        payer_openid=(resource.get("payer") or {}).get("openid"),
+        trade_type=resource.get("trade_type"),
+    )
+
+
+def apply_transaction(db: Database, gw: WeChatPayGateway, callback: Callback, body: str) -> str:
+    """Store, then apply a TRANSACTION.SUCCESS; return the outcome (applied | duplicate | anomaly)."""
+    resource = dict(callback.resource)
+    with db.transaction() as session:
+        earlier = store_notification(
+            session,
+            event_id=callback.event_id,
+            event_type=callback.event_type,
+            channel="payment",
+            reference=resource.get("out_trade_no"),
+            body=body,
+            resource=resource,
+        )
+    if earlier is not None:
+        return "duplicate" if earlier == "applied" else earlier
+    if resource.get("trade_state", "SUCCESS") != "SUCCESS":
+        outcome = "ignored"
+    else:
+        facts = facts_from(resource)
+        with db.transaction() as session:
+            result = services.apply_wechat_payment(session, facts, appid=gw.appid, mchid=gw.mchid)
+            outcome = str(result.outcome)
+            mark_processed(session, callback.event_id, outcome)
+        return outcome
+    with db.transaction() as session:
+        mark_processed(session, callback.event_id, outcome)
+    return outcome
+
+
+def apply_refund(db: Database, gw: WeChatPayGateway, callback: Callback, body: str) -> str:
+    resource = dict(callback.resource)
+    out_refund_no = str(resource.get("out_refund_no", ""))
+    with db.transaction() as session:
+        earlier = store_notification(
+            session,
+            event_id=callback.event_id,
+            event_type=callback.event_type,
+            channel="refund",
+            reference=out_refund_no,
+            body=body,
+            resource=resource,
+        )
+    if earlier is not None:
+        return "duplicate" if earlier == "applied" else earlier
+    outcome = "applied"
+    if resource.get("mchid") != gw.mchid:
+        outcome = "anomaly"
+    else:
+        try:
+            with db.transaction() as session:
+                services.apply_refund_result(
+                    session,
+                    out_refund_no,
+                    status=REFUND_STATUS[callback.event_type],
+                    refund_id=resource.get("refund_id"),
+                    error=resource.get("refund_status"),
+                )
+        except DomainError as exc:  # unknown refund or an impossible transition: keep it, tell finance
+            log.warning("refund notification %s not applicable: %s", out_refund_no, exc.code)
+            outcome = "anomaly"
+    with db.transaction() as session:
+        mark_processed(session, callback.event_id, outcome)
+    return outcome
+
+
+Handler = Callable[[Database, WeChatPayGateway, Callback, str], str]
+PAYMENT_EVENTS: dict[str, Handler] = {"TRANSACTION.SUCCESS": apply_transaction}
+REFUND_EVENTS: dict[str, Handler] = {name: apply_refund for name in REFUND_STATUS}
+
+
+def _receive(handlers: Mapping[str, Handler]) -> Response:
+    gw = gateway()
+    raw = request.get_data()
+    try:
+        callback = gw.verify_and_decrypt(dict(request.headers), raw)
+    except CallbackRejected as exc:
+        log.warning("rejected WeChat Pay callback: %s", exc)
+        return _fail(401, "签名验证失败")
+    handler = handlers.get(callback.event_type)
+    if handler is None:
+        log.info("ignored WeChat Pay event %s (%s)", callback.event_type, callback.event_id)
+        return Response(status=NO_CONTENT)
+    try:
+        outcome = handler(current_db(), gw, callback, raw.decode("utf-8"))
+    except Exception:  # anything unexpected: WeChat must retry, never lose the notification
+        log.exception("WeChat Pay callback %s could not be processed", callback.event_id)
+        return _fail(500, "处理失败，请重试")
+    return _answer(outcome)
+
+
+@bp.post("/notify")
+def notify() -> Response:
+    return _receive(PAYMENT_EVENTS)
+
+
+@bp.post("/refund-notify")
+def refund_notify() -> Response:
+    return _receive(REFUND_EVENTS)
