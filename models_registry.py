@@ -3,6 +3,7 @@ Add a line here when a package gains models."""
 
 import erp_sync.outbox
 import payments.models
+import payments.notifications
 import payments.numbers
 
 __all__ = ["erp_sync", "payments"]

@@ -7,4 +7,5 @@ pytest_plugins: list[str] = [
     "tests.fixtures.live",
     "tests.fixtures.wechatpay_standin",
     "tests.fixtures.wechat_standin",
+    "tests.fixtures.payments",
 ]
