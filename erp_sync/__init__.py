@@ -27,6 +27,7 @@ __all__ = [
     "register_job",
     "register_subscriber",
     "relay_for",
+    "start_in_process",
 ]
 
 log = logging.getLogger("renopay.erp_sync")

@@ -80,6 +80,12 @@ class Receiver:
             return {p["id"] for p in self.processed}
 
     @property
+    def busy(self) -> bool:
+        """A request is being handled right now."""
+        with self._lock:
+            return any(self._in_flight.values())
+
+    @property
     def total_requests(self) -> int:
         with self._lock:
             return sum(self.requests_by_key.values())
