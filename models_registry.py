@@ -1,7 +1,9 @@
 """Imports every module that defines tables, so ``Base.metadata`` is complete (Alembic, tests).
 Add a line here when a package gains models."""
 
+import bot.models
 import erp_sync.outbox
+import handlers.models
 import payments.models
 import payments.notifications
 import payments.numbers
