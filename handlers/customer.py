@@ -1,0 +1,88 @@
+"""Customer commands (账单, 支付, 收据, 帮助, 人工) and events (subscribe, SCAN, menu CLICK)."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from bot.menu import CONTACT_SERVICE, MY_BILLS, PAY_HELP
+from bot.replies import Article, NewsReply, NoReply, Reply, TextReply, TransferReply
+from handlers.context import Ctx
+from handlers.grammar import Audience, help_text
+from handlers.identity import bind_scene
+from handlers.lookup import own_bill
+from handlers.staff import receipts_text
+from handlers.views import money
+from payments.models import PAYABLE, STATUS_LABELS, Bill
+
+NOT_BOUND = "您的微信还没有绑定客户资料。请联系为您服务的工作人员，扫描他们发给您的二维码完成绑定。"
+NO_BILLS = "您目前没有待支付的账单。"
+PAY_HELP_TEXT = (
+    "支付方法：发送“账单”查看待支付账单，点开账单即可用微信支付。\n"
+    "金额较大时可以分次支付，每次输入本次要付的金额。\n"
+    "支付完成后会收到收据通知，也可以发送“收据 <账单编号>”查看。"
+)
+
+
+def _article(ctx: Ctx, bill: Bill) -> Article:
+    due = f"，到期日 {bill.due_date.isoformat()}" if bill.due_date else ""
+    return Article(
+        title=f"{bill.number} {bill.title} 待付 {money(bill.outstanding_fen)}",
+        description=f"账单金额 {money(bill.amount_fen)}，已付 {money(bill.paid_fen)}{due}。点击查看并支付。",
+        url=ctx.links.pay_url(bill.number),
+    )
+
+
+def my_bills(ctx: Ctx, args: tuple[str, ...]) -> Reply:
+    if ctx.customer is None:
+        return TextReply(NOT_BOUND)
+    bills = list(ctx.session.execute(
+        select(Bill).where(Bill.customer_id == ctx.customer.id, Bill.status.in_(PAYABLE)).order_by(Bill.id)
+    ).scalars())
+    if not bills:
+        return TextReply(NO_BILLS)
+    return NewsReply(tuple(_article(ctx, b) for b in bills[:8]))
+
+
+def pay(ctx: Ctx, args: tuple[str, ...]) -> Reply:
+    bill = own_bill(ctx.session, ctx.customer, args[0])
+    if bill.status not in PAYABLE:
+        return TextReply(f"账单 {bill.number} 当前状态为“{STATUS_LABELS[bill.status]}”，无需支付。")
+    return NewsReply((_article(ctx, bill),))
+
+
+def receipts(ctx: Ctx, args: tuple[str, ...]) -> Reply:
+    return TextReply(receipts_text(ctx, own_bill(ctx.session, ctx.customer, args[0])))
+
+
+def help_(ctx: Ctx, args: tuple[str, ...]) -> Reply:
+    return TextReply(help_text(Audience.customer))
+
+
+def human(ctx: Ctx, args: tuple[str, ...]) -> Reply:
+    return TransferReply()
+
+
+def greeting(ctx: Ctx) -> str:
+    return f"您好，欢迎关注{ctx.settings.company_name}！发送“账单”查看待支付账单，发送“帮助”查看全部功能。"
+
+
+def on_subscribe(ctx: Ctx) -> Reply:
+    key = ctx.inbound.event_key
+    if key.startswith("qrscene_"):
+        return TextReply(greeting(ctx) + "\n" + bind_scene(ctx, key.removeprefix("qrscene_")))
+    return TextReply(greeting(ctx))
+
+
+def on_scan(ctx: Ctx) -> Reply:
+    return TextReply(bind_scene(ctx, ctx.inbound.event_key) + "发送“账单”查看待支付账单。")
+
+
+def on_click(ctx: Ctx) -> Reply:
+    match ctx.inbound.event_key:
+        case key if key == MY_BILLS:
+            return my_bills(ctx, ())
+        case key if key == PAY_HELP:
+            return TextReply(PAY_HELP_TEXT)
+        case key if key == CONTACT_SERVICE:
+            return TransferReply()
+    return NoReply()
