@@ -8,4 +8,5 @@ pytest_plugins: list[str] = [
     "tests.fixtures.wechatpay_standin",
     "tests.fixtures.wechat_standin",
     "tests.fixtures.payments",
+    "tests.fixtures.chat",
 ]
