@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, CursorResult, Integer, String, Text, select
+from sqlalchemy import JSON, Integer, String, Text, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -58,10 +58,13 @@ def store_notification(
         "deliveries": 1,
         "received_at": now,
     }
-    inserted: CursorResult[Any] = session.execute(  # type: ignore[assignment]
-        insert(PaymentNotification).values(**row).on_conflict_do_nothing(index_elements=["event_id"])
-    )
-    if inserted.rowcount:
+    inserted = session.execute(
+        insert(PaymentNotification)
+        .values(**row)
+        .on_conflict_do_nothing(index_elements=["event_id"])
+        .returning(PaymentNotification.id)
+    ).first()
+    if inserted is not None:
         return None
     existing = session.execute(
         select(PaymentNotification).where(PaymentNotification.event_id == event_id)

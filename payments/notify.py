@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
+from sqlalchemy.orm import Session
 
 from db import Database, current_db, utcnow
 from payments import services
@@ -65,56 +66,63 @@ def facts_from(resource: Mapping[str, Any]) -> services.WeChatPaymentFacts:
     )
 
 
-def apply_transaction(db: Database, gw: WeChatPayGateway, callback: Callback, body: str) -> str:
-    """Store, then apply a TRANSACTION.SUCCESS; return the outcome (applied | duplicate | anomaly)."""
+def _process(
+    db: Database,
+    callback: Callback,
+    body: str,
+    channel: str,
+    reference: str | None,
+    apply: Callable[[Session, Mapping[str, Any]], str],
+) -> str:
+    """Store the raw notification and apply it in ONE transaction (one commit on the hot path).
+
+    A redelivery of a processed event is answered from the stored outcome. If applying fails, the raw
+    notification is still stored, unprocessed, before the error makes us answer 500 (WeChat retries,
+    and finance can see what arrived)."""
     resource = dict(callback.resource)
-    with db.transaction() as session:
-        earlier = store_notification(
-            session,
-            event_id=callback.event_id,
-            event_type=callback.event_type,
-            channel="payment",
-            reference=resource.get("out_trade_no"),
-            body=body,
-            resource=resource,
-        )
-    if earlier is not None:
-        return "duplicate" if earlier == "applied" else earlier
-    if resource.get("trade_state", "SUCCESS") != "SUCCESS":
-        outcome = "ignored"
-    else:
-        facts = facts_from(resource)
+    row: dict[str, Any] = {
+        "event_id": callback.event_id,
+        "event_type": callback.event_type,
+        "channel": channel,
+        "reference": reference,
+        "body": body,
+        "resource": resource,
+    }
+    try:
         with db.transaction() as session:
-            result = services.apply_wechat_payment(session, facts, appid=gw.appid, mchid=gw.mchid)
-            outcome = str(result.outcome)
+            earlier = store_notification(session, **row)
+            if earlier is not None:
+                return "duplicate" if earlier == "applied" else earlier
+            outcome = apply(session, resource)
             mark_processed(session, callback.event_id, outcome)
-        return outcome
-    with db.transaction() as session:
-        mark_processed(session, callback.event_id, outcome)
-    return outcome
+            return outcome
+    except Exception:
+        with db.transaction() as session:
+            store_notification(session, **row)
+        raise
+
+
+def apply_transaction(db: Database, gw: WeChatPayGateway, callback: Callback, body: str) -> str:
+    """TRANSACTION.SUCCESS → applied | duplicate | anomaly (| ignored for a non-SUCCESS state)."""
+
+    def apply(session: Session, resource: Mapping[str, Any]) -> str:
+        if resource.get("trade_state", "SUCCESS") != "SUCCESS":
+            return "ignored"
+        result = services.apply_wechat_payment(session, facts_from(resource), appid=gw.appid, mchid=gw.mchid)
+        return str(result.outcome)
+
+    return _process(db, callback, body, "payment", callback.resource.get("out_trade_no"), apply)
 
 
 def apply_refund(db: Database, gw: WeChatPayGateway, callback: Callback, body: str) -> str:
-    resource = dict(callback.resource)
-    out_refund_no = str(resource.get("out_refund_no", ""))
-    with db.transaction() as session:
-        earlier = store_notification(
-            session,
-            event_id=callback.event_id,
-            event_type=callback.event_type,
-            channel="refund",
-            reference=out_refund_no,
-            body=body,
-            resource=resource,
-        )
-    if earlier is not None:
-        return "duplicate" if earlier == "applied" else earlier
-    outcome = "applied"
-    if resource.get("mchid") != gw.mchid:
-        outcome = "anomaly"
-    else:
+    """REFUND.SUCCESS / CLOSED / ABNORMAL → applied | anomaly (unknown refund, impossible transition)."""
+    out_refund_no = str(callback.resource.get("out_refund_no", ""))
+
+    def apply(session: Session, resource: Mapping[str, Any]) -> str:
+        if resource.get("mchid") != gw.mchid:
+            return "anomaly"
         try:
-            with db.transaction() as session:
+            with session.begin_nested():  # a refused transition leaves nothing half-written
                 services.apply_refund_result(
                     session,
                     out_refund_no,
@@ -122,12 +130,12 @@ def apply_refund(db: Database, gw: WeChatPayGateway, callback: Callback, body: s
                     refund_id=resource.get("refund_id"),
                     error=resource.get("refund_status"),
                 )
-        except DomainError as exc:  # unknown refund or an impossible transition: keep it, tell finance
+        except DomainError as exc:
             log.warning("refund notification %s not applicable: %s", out_refund_no, exc.code)
-            outcome = "anomaly"
-    with db.transaction() as session:
-        mark_processed(session, callback.event_id, outcome)
-    return outcome
+            return "anomaly"
+        return "applied"
+
+    return _process(db, callback, body, "refund", out_refund_no, apply)
 
 
 Handler = Callable[[Database, WeChatPayGateway, Callback, str], str]

@@ -190,11 +190,16 @@ def jsapi(token: str) -> Any:
 
 @bp.get("/<token>/status")
 def status(token: str) -> Any:
-    bill = _load_bill(token)
-    view = bill_status_view(bill)
+    number = _bill_number(token)
     out_trade_no = request.args.get("attempt")
-    if out_trade_no:
-        with current_db().transaction() as s:
+    # One transaction for the bill and the attempt: the page must never see a succeeded attempt next
+    # to a bill read before the payment was committed.
+    with current_db().transaction() as s:
+        bill = s.execute(select(Bill).where(Bill.number == number)).scalar_one_or_none()
+        if bill is None:
+            raise LinkInvalid()
+        view = bill_status_view(bill)
+        if out_trade_no:
             attempt = s.execute(
                 select(PaymentAttempt).where(
                     PaymentAttempt.out_trade_no == out_trade_no, PaymentAttempt.bill_id == bill.id

@@ -3,6 +3,7 @@ partial payments, and one notification delivered many times at once."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from typing import Any
@@ -180,3 +181,24 @@ def test_one_notification_delivered_20_times_concurrently_records_one_payment(
     assert sorted(answers) == [204] * 20
     bill, payments, events, anomalies = state(bench, number)
     assert (bill.status, payments, events, anomalies) == (BillStatus.paid, 1, 1, 0)
+
+
+def test_a_notification_that_fails_to_apply_is_kept_answered_500_and_applied_on_retry(
+    paybench: PayBench, sign_notification: SignFn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    number = paybench.issue_bill(500_000)
+    out_trade_no = open_native(paybench, number)
+    headers, body = sign_notification(transaction(paybench, out_trade_no, 500_000))
+
+    def broken(*_args: Any, **_kwargs: Any) -> None:
+        raise RuntimeError("database hiccup")
+
+    monkeypatch.setattr("payments.services.apply_wechat_payment", broken)
+    failed = post(paybench, headers, body)
+    assert failed.status_code == 500 and failed.json()["code"] == "FAIL"
+    with paybench.db.transaction() as s:
+        kept = s.execute(select(PaymentNotification)).scalar_one()
+        assert (kept.outcome, json.loads(kept.body)["id"]) == (None, json.loads(body)["id"])
+    monkeypatch.undo()
+    assert post(paybench, headers, body).status_code == 204
+    assert state(paybench, number)[0].status is BillStatus.paid

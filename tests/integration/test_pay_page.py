@@ -91,17 +91,15 @@ def test_an_invalid_or_expired_link_gets_a_chinese_page(paybench: PayBench, monk
 
 
 def test_inside_wechat_without_an_openid_the_page_redirects_to_oauth(paybench: PayBench) -> None:
-    number = paybench.issue_bill()
-    answer = requests.get(
-        paybench.pay_url(number), headers={"User-Agent": WECHAT_UA}, allow_redirects=False, timeout=10
-    )
+    url = paybench.pay_url(paybench.issue_bill())  # one token: a new one each second would differ
+    answer = requests.get(url, headers={"User-Agent": WECHAT_UA}, allow_redirects=False, timeout=10)
     assert answer.status_code == 302
     location = answer.headers["Location"]
     assert location.startswith(f"{paybench.wechat_api_url}/connect/oauth2/authorize?")
     assert location.endswith("#wechat_redirect")
     query = parse_qs(urlsplit(location).query)
     assert query["appid"] == [paybench.credentials.app_id]
-    assert query["redirect_uri"] == [paybench.pay_url(number) + "/oauth"]
+    assert query["redirect_uri"] == [url + "/oauth"]
     assert query["response_type"] == ["code"] and query["scope"] == ["snsapi_base"]
     assert query["state"][0] and len(query["state"][0]) <= 128
 
@@ -137,15 +135,15 @@ def test_a_snapshot_user_is_refused_and_not_bound(paybench: PayBench) -> None:
 
 
 def test_an_oauth_callback_cannot_be_replayed(paybench: PayBench) -> None:
-    number = paybench.issue_bill()
+    url = paybench.pay_url(paybench.issue_bill())
     browser = wechat_session(paybench, "o_customer_li")
-    first = browser.get(paybench.pay_url(number), allow_redirects=False, timeout=10)
+    first = browser.get(url, allow_redirects=False, timeout=10)
     consent = browser.get(first.headers["Location"].split("#")[0], allow_redirects=False, timeout=10)
     callback = consent.headers["Location"]
     assert (
         browser.get(callback, allow_redirects=False, timeout=10)
         .headers["Location"]
-        .endswith(urlsplit(paybench.pay_url(number)).path)
+        .endswith(urlsplit(url).path)
     )
     stranger = requests.Session()
     stranger.headers["User-Agent"] = WECHAT_UA

@@ -1,0 +1,249 @@
+"""Notification throughput under gunicorn, against a bare endpoint in the same run; QR render timing.
+
+    .venv/bin/python -m benchmarks.notify [--count 600] [--workers 4] [--clients 8] [--pg URL]
+
+For each database (SQLite, and PostgreSQL when reachable) it migrates a throwaway database, opens
+``count`` bills each with a Native attempt, starts gunicorn on ``benchmarks.notify:wsgi_app()`` and
+posts, from separate client processes, one correctly signed TRANSACTION.SUCCESS per attempt: every
+request is verified, decrypted, stored raw, applied under the bill's row lock and committed. The
+baseline is ``POST /bench/bare`` on the same gunicorn (same app, same workers, same bodies), which
+answers 204 without looking at the body. Printed: requests/second of each and their ratio
+(goal: ≥ 0.4). Then the QR image: first render vs cached, per image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def wsgi_app() -> Any:
+    """The real app plus the baseline route (gunicorn entry point; configured by the environment)."""
+    from flask import Response
+
+    from app import create_app
+
+    app = create_app()
+    app.add_url_rule("/bench/bare", "bench_bare", lambda: Response(status=204), methods=["POST"])
+    return app
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _prepare(database_url: str, instance: Path, count: int) -> list[tuple[str, int]]:
+    """Migrate, then open ``count`` bills with one Native attempt each; returns (out_trade_no, amount)."""
+    from db import Database
+    from migrations.runner import upgrade
+    from payments import services
+    from payments.models import BillSource, Channel
+
+    upgrade(database_url)
+    db = Database.from_url(database_url)
+    out: list[tuple[str, int]] = []
+    try:
+        for i in range(count):
+            amount = 100_000 + i
+            with db.transaction() as s:
+                customer = services.find_or_create_customer(s, name="压测客户", phone=f"139{i:08d}")
+                bill = services.issue_bill(
+                    s,
+                    customer=customer,
+                    amount_fen=amount,
+                    title="压测",
+                    stage="其他",
+                    source=BillSource.erp,
+                    max_fen=100_000_000,
+                    open_now=True,
+                )
+                start = services.start_attempt(s, bill.id, channel=Channel.native)
+                services.record_order_created(
+                    s, start.attempt.id, code_url=f"weixin://wxpay/bizpayurl?pr={i}"
+                )
+                out.append((start.attempt.out_trade_no, amount))
+    finally:
+        db.dispose()
+    return out
+
+
+def _bodies(instance: Path, attempts: list[tuple[str, int]]) -> list[tuple[dict[str, str], bytes]]:
+    from sandbox import keys
+    from tests.fixtures.payments import make_signer
+
+    creds = keys.load(instance / "sandbox")
+    sign = make_signer(creds)
+    signed = []
+    for out_trade_no, amount in attempts:
+        resource = {
+            "appid": creds.app_id,
+            "mchid": creds.mch_id,
+            "out_trade_no": out_trade_no,
+            "transaction_id": "4200" + secrets.token_hex(12)[:24],
+            "trade_type": "NATIVE",
+            "trade_state": "SUCCESS",
+            "success_time": "2026-11-26T10:00:00+08:00",
+            "payer": {"openid": "o_bench"},
+            "amount": {"total": amount, "payer_total": amount, "currency": "CNY"},
+        }
+        signed.append(sign(resource))
+    return signed
+
+
+def _client(url: str, jobs: list[tuple[dict[str, str], bytes]], results: Any) -> None:
+    session = requests.Session()
+    bad = 0
+    for headers, body in jobs:
+        status = session.post(url, data=body, headers=headers, timeout=30).status_code
+        bad += status not in (200, 204)
+    results.put(bad)
+
+
+def _load(url: str, jobs: list[tuple[dict[str, str], bytes]], clients: int) -> tuple[float, int]:
+    """Post every job from ``clients`` processes; returns (requests per second, non-2xx answers)."""
+    results: Any = mp.Queue()
+    chunks = [jobs[i::clients] for i in range(clients)]
+    procs = [mp.Process(target=_client, args=(url, chunk, results)) for chunk in chunks]
+    started = time.perf_counter()
+    for p in procs:
+        p.start()
+    bad = sum(results.get() for _ in procs)
+    for p in procs:
+        p.join()
+    return len(jobs) / (time.perf_counter() - started), bad
+
+
+def _serve(env: dict[str, str], port: int, workers: int) -> subprocess.Popen[bytes]:
+    cmd = [
+        str(ROOT / ".venv/bin/gunicorn"),
+        "-w",
+        str(workers),
+        "-b",
+        f"127.0.0.1:{port}",
+        "--log-level",
+        "warning",
+        "benchmarks.notify:wsgi_app()",
+    ]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+            return proc
+        except requests.RequestException:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("gunicorn did not start")
+
+
+def run(label: str, database_url: str, args: argparse.Namespace) -> float:
+    from sandbox import keys
+
+    instance = Path(tempfile.mkdtemp(prefix="renopay-bench-"))
+    keys.generate(instance / "sandbox")
+    attempts = _prepare(database_url, instance, args.count)
+    jobs = _bodies(instance, attempts)
+    port = _free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "RENOPAY_INSTANCE_PATH": str(instance),
+        "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
+        "RENOPAY_SCHEDULER": "0",
+        "RENOPAY_SANDBOX": "1",
+    }
+    env.pop("WECHAT_APP_ID", None)
+    server = _serve(env, port, args.workers)
+    try:
+        _load(f"http://127.0.0.1:{port}/bench/bare", jobs[:50], args.clients)  # warm up every worker
+        bare, bare_bad = _load(f"http://127.0.0.1:{port}/bench/bare", jobs, args.clients)
+        notify, notify_bad = _load(f"http://127.0.0.1:{port}/payments/wechatpay/notify", jobs, args.clients)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+    ratio = notify / bare
+    print(
+        f"{label:10s} bare {bare:8.0f} req/s   notify {notify:8.0f} req/s   ratio {ratio:.2f}"
+        f"   (non-2xx: bare {bare_bad}, notify {notify_bad}; {args.count} notifications, "
+        f"{args.workers} workers, {args.clients} clients)"
+    )
+    _check_applied(database_url, args.count)
+    return ratio
+
+
+def _check_applied(database_url: str, count: int) -> None:
+    from sqlalchemy import func, select
+
+    from db import Database
+    from payments.models import Payment
+
+    db = Database.from_url(database_url)
+    with db.transaction() as s:
+        payments = s.scalar(select(func.count()).select_from(Payment))
+    db.dispose()
+    if payments != count:
+        raise SystemExit(f"expected {count} payments, found {payments}")
+
+
+def qr_timing(samples: int = 200) -> None:
+    from payments.qr import qr_png
+
+    urls = [f"weixin://wxpay/bizpayurl?pr={secrets.token_urlsafe(9)}" for _ in range(samples)]
+    started = time.perf_counter()
+    for url in urls:
+        qr_png(url)
+    first = (time.perf_counter() - started) / samples
+    started = time.perf_counter()
+    for _ in range(10):
+        for url in urls:
+            qr_png(url)
+    cached = (time.perf_counter() - started) / (samples * 10)
+    print(
+        f"QR image   first render {first * 1000:.2f} ms   cached {cached * 1e6:.2f} µs   "
+        f"ratio first/cached {first / cached:.0f}×"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=600)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--pg", default=os.environ.get("RENOPAY_TEST_PG_URL", DEFAULT_PG))
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    with tempfile.TemporaryDirectory() as tmp:
+        run("SQLite", f"sqlite:///{tmp}/bench.sqlite3", args)
+    from tests.fixtures.database import create_pg_database, drop_pg_database, pg_reachable
+
+    reason = pg_reachable(args.pg)
+    if reason:
+        print(f"PostgreSQL skipped: {reason}")
+    else:
+        url = create_pg_database(args.pg)
+        try:
+            run("PostgreSQL", url, args)
+        finally:
+            drop_pg_database(url)
+    qr_timing()
+
+
+if __name__ == "__main__":
+    main()
