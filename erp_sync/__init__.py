@@ -9,8 +9,8 @@ Public entry points for other features:
 from __future__ import annotations
 
 import atexit
-import importlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -33,14 +33,6 @@ __all__ = [
 log = logging.getLogger("renopay.erp_sync")
 RELAY = "renopay.relay"
 IN_PROCESS_FLAG = "scheduler_in_process"  # Settings.extra: force (True) or forbid (False)
-
-# Payment recovery jobs (payments/recovery.py, the payments issue): slot id -> function name there.
-RECOVERY_HOOKS = {
-    "recover_pending_attempts": "recover_pending_attempts",
-    "close_expired_attempts": "close_expired_attempts",
-    "sync_refunds": "sync_refunds",
-}
-
 
 def init_app(app: Flask) -> None:
     from erp_sync import api, cli
@@ -73,15 +65,27 @@ def _relay_job(app: Flask) -> None:
 
 
 def _register_recovery_jobs(app: Flask) -> None:
-    try:
-        recovery = importlib.import_module("payments.recovery")
-    except ModuleNotFoundError:
-        log.debug("payments.recovery not present: recovery job slots stay empty")
-        return
-    for slot, name in RECOVERY_HOOKS.items():
-        func = getattr(recovery, name, None)
-        if callable(func):
-            register_job(app, slot, func)
+    """The payments issue's recovery (payments/recovery.py, payments/refund_executor.py), each run with
+    the app's database and WeChat Pay gateway (resolved at run time, so wiring order doesn't matter)."""
+    from db import current_db
+    from payments import recovery, refund_executor, runtime
+
+    jobs = {
+        "recover_pending_attempts": recovery.reconcile_pending,
+        "close_expired_attempts": recovery.close_stale,
+        "sync_refunds": refund_executor.execute_pending_refunds,
+    }
+    for job_id, func in jobs.items():
+        register_job(app, job_id, _with_gateway(func, current_db, runtime.gateway))
+
+
+def _with_gateway(
+    func: Callable[[Any, Any], object], db: Callable[[], Any], gateway: Callable[[], Any]
+) -> Callable[[], object]:
+    def run() -> object:
+        return func(db(), gateway())
+
+    return run
 
 
 def _in_process_wanted(forced: object, enabled: bool) -> bool:

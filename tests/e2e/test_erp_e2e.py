@@ -3,6 +3,10 @@ in-process scheduler pushes the signed events back to the ERP's webhook receiver
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import jsonschema
 import pytest
 
 from erp_sync import scheduler, start_in_process
@@ -11,6 +15,8 @@ from tests.fixtures.domain import Builder
 from tests.fixtures.erp import ERP_SECRET, auth
 from tests.fixtures.live import build_live
 from tests.support.erp_receiver import wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -55,6 +61,9 @@ def test_erp_bills_round_trip_as_signed_ordered_webhooks(erp_live, erp_receiver)
         (voided["number"], 1): "bill.opened", (voided["number"], 2): "bill.voided",
     }
     assert got.bad_signatures == 0
+    contract = json.loads((ROOT / "docs" / "erp-webhook.schema.json").read_text())
+    for payload in got.processed:
+        jsonschema.validate(payload, contract, cls=jsonschema.Draft202012Validator)
     bill = erp_live.get(f"/api/v1/bills/{paid['number']}", headers=auth()).json()
     assert bill["status"] == "partially_paid" and bill["paid_fen"] == 200_000 and len(bill["payments"]) == 1
     assert wait_until(lambda: scheduler.job_stats(erp_live.app).snapshot()["relay"].runs > 0, timeout=30)

@@ -48,7 +48,8 @@ def test_refused_then_500_then_timeouts_lose_nothing_and_the_backoff_is_visible(
 ):
     _two_events_on_each_of(build, 5)
     clock.sync()
-    relay = make_relay(db, _closed_port_url(), clock=clock, timeout=(0.5, 0.3))
+    # base 60 s: the status below reads the real clock, so the first backoff must outlast the test's pace
+    relay = make_relay(db, _closed_port_url(), clock=clock, timeout=(0.5, 0.3), base_delay=60.0)
     hook = relay.subscribers["erp"]
 
     relay.run_once()  # connection refused; only the first event of each bill is tried (order)
@@ -58,12 +59,12 @@ def test_refused_then_500_then_timeouts_lose_nothing_and_the_backoff_is_visible(
 
     hook.url = erp_receiver.url  # type: ignore[attr-defined]
     erp_receiver.receiver.mode = "error"
-    clock.advance(minutes=1)
+    clock.advance(minutes=2)
     relay.run_once()
     assert {d.last_error for d in _deliveries(db) if d.last_error} == {"HTTP 500: no"}
 
     erp_receiver.receiver.mode, erp_receiver.receiver.delay = "ok", 1.0  # slower than the 0.3 s timeout
-    clock.advance(minutes=1)
+    clock.advance(minutes=4)
     relay.run_once()
     assert {d.last_error for d in _deliveries(db) if d.last_error} == {"timeout (ReadTimeout)"}
     assert max(d.next_attempt_at for d in _deliveries(db)) > clock.now
@@ -118,7 +119,9 @@ def test_a_leased_delivery_is_not_claimed_again_until_its_lease_expires(db, buil
     assert [c.event_id for c in taken_over] == [claimed[0].event_id]
 
 
-def test_a_worker_whose_lease_was_taken_over_cannot_overwrite_the_newer_outcome(db, build, erp_receiver, clock):
+def test_a_worker_whose_lease_was_taken_over_cannot_overwrite_the_newer_outcome(
+    db, build, erp_receiver, clock
+):
     build.bill()
     clock.sync()
     stale = make_relay(db, erp_receiver.url, clock=clock)
@@ -146,7 +149,8 @@ def test_replay_sends_delivered_events_again_with_the_same_idempotency_key(db, b
     relay = make_relay(db, erp_receiver.url)
     relay.drain()
 
-    replayed = erp_app.test_cli_runner().invoke(args=["outbox", "replay", "--since", "1h"], catch_exceptions=False)
+    runner = erp_app.test_cli_runner()
+    replayed = runner.invoke(args=["outbox", "replay", "--since", "1h"], catch_exceptions=False)
     assert "replaying 6 deliveries" in replayed.output
     relay.drain()
 
