@@ -56,7 +56,8 @@ def build_engine(url: str, **kwargs: Any) -> Engine:
     database = make_url(url).database
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-    kwargs.setdefault("poolclass", NullPool)
+    if not database or database == ":memory:":
+        kwargs.setdefault("poolclass", NullPool)
     engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs)
 
     @event.listens_for(engine, "connect")

@@ -8,7 +8,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -147,20 +147,32 @@ def apply_wechat_payment(
     payable) is still recorded as a Payment whose excess is refunded, plus an anomaly; money that
     cannot be attached at all (unknown order, wrong merchant, wrong amount) becomes an anomaly.
     """
-    if _payment_by_transaction(session, facts.transaction_id) is not None:
-        return PaymentResult(Outcome.duplicate)
     detail = {"facts": _facts_view(facts)}
     if facts.appid != appid or facts.mchid != mchid:
+        if _payment_by_transaction(session, facts.transaction_id) is not None:
+            return PaymentResult(Outcome.duplicate)
         return _anomaly_result(session, AnomalyKind.merchant_mismatch, facts, None, detail)
-    attempt = session.execute(
-        select(PaymentAttempt).where(PaymentAttempt.out_trade_no == facts.out_trade_no)
+    # Lock the bill through its attempt in one statement, then read the attempt and look for the
+    # payment under that lock: a concurrent delivery of the same notification waits here and then
+    # finds the Payment the first one committed.
+    bill = session.execute(
+        select(Bill)
+        .join(PaymentAttempt, PaymentAttempt.bill_id == Bill.id)
+        .where(PaymentAttempt.out_trade_no == facts.out_trade_no)
+        .with_for_update(of=Bill)
+        .execution_options(populate_existing=True)
     ).scalar_one_or_none()
-    if attempt is None:
+    if bill is None:
+        if _payment_by_transaction(session, facts.transaction_id) is not None:
+            return PaymentResult(Outcome.duplicate)
         return _anomaly_result(session, AnomalyKind.unknown_order, facts, None, detail)
-    bill = lock_bill(session, attempt.bill_id)
-    session.refresh(attempt)
     if _payment_by_transaction(session, facts.transaction_id) is not None:
         return PaymentResult(Outcome.duplicate)
+    attempt = session.execute(
+        select(PaymentAttempt)
+        .where(PaymentAttempt.out_trade_no == facts.out_trade_no)
+        .execution_options(populate_existing=True)
+    ).scalar_one()
     if facts.amount_fen != attempt.amount_fen or attempt.status not in (
         AttemptStatus.pending,
         AttemptStatus.closed,
@@ -188,7 +200,7 @@ def apply_wechat_payment(
     if applied:
         bill.apply_payment(applied)
         emit(session, Topic.payment_succeeded, bill=bill, data=_payment_data(bill, payment, attempt, late))
-        _close_others_if_paid(bill, attempt, facts.success_time)
+        _close_others_if_paid(session, bill, attempt, facts.success_time)
     if payment.excess_fen:
         kind = AnomalyKind.overpayment if bill.status in PAYABLE | {BillStatus.paid} else (
             AnomalyKind.bill_not_payable
@@ -205,12 +217,24 @@ def _payment_by_transaction(session: Session, transaction_id: str) -> Payment | 
     ).scalar_one_or_none()
 
 
-def _close_others_if_paid(bill: Bill, paid_attempt: PaymentAttempt, now: dt.datetime) -> None:
+def _close_others_if_paid(
+    session: Session, bill: Bill, paid_attempt: PaymentAttempt, now: dt.datetime
+) -> None:
+    """A paid bill takes no more money: close its other pending attempts here (one statement, under
+    the bill lock); the recovery job closes them at WeChat, and a payment that still lands on one
+    is healed as a late payment."""
     if bill.status is not BillStatus.paid:
         return
-    for other in bill.attempts:
-        if other.id != paid_attempt.id and other.status is AttemptStatus.pending:
-            other.close(now, "bill_paid")
+    session.execute(
+        update(PaymentAttempt)
+        .where(
+            PaymentAttempt.bill_id == bill.id,
+            PaymentAttempt.status == AttemptStatus.pending,
+            PaymentAttempt.id != paid_attempt.id,
+        )
+        .values(status=AttemptStatus.closed, closed_at=now, close_reason="bill_paid")
+        .execution_options(synchronize_session="fetch")
+    )
 
 
 def _queue_excess_refund(session: Session, payment: Payment) -> None:

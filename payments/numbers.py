@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 
-from sqlalchemy import Integer, String, update
+from sqlalchemy import Integer, String
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -25,13 +25,12 @@ class Counter(Base):
 
 
 def next_value(session: Session, name: str) -> int:
+    """Bump and return a named counter in one statement (an upsert that locks the counter row
+    until the caller's transaction ends, so numbers are unique and gapless per commit order)."""
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    seed = insert(Counter).values(name=name, value=0).on_conflict_do_nothing(index_elements=["name"])
-    session.execute(seed)
-    result = session.execute(
-        update(Counter).where(Counter.name == name).values(value=Counter.value + 1).returning(Counter.value)
-    )
-    return int(result.scalar_one())
+    upsert = insert(Counter).values(name=name, value=1)
+    bump = upsert.on_conflict_do_update(index_elements=["name"], set_={"value": Counter.value + 1})
+    return int(session.execute(bump.returning(Counter.value)).scalar_one())
 
 
 def _month(now: dt.datetime) -> str:
