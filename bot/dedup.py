@@ -1,8 +1,11 @@
 """Exactly-once handling of WeChat's retried pushes.
 
-``claim`` inserts the push's dedup key in its own short transaction before anything else happens.
-The unique index decides who runs the command: a retry (even one arriving while the first delivery
-is still being processed, in another worker) fails the insert and waits for the stored reply instead.
+``claim`` inserts the push's dedup key as the *first* statement of the command's transaction; the
+reply is stored in the same transaction. The unique index decides who runs the command: a retry that
+arrives while the first delivery is still being processed blocks on that index (PostgreSQL) or on
+the write lock (SQLite's BEGIN IMMEDIATE) until the first commits, then fails the insert and reads the
+stored reply. If the first delivery rolls back, its claim disappears with it and the retry runs the
+command itself. One commit per push.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -21,10 +24,8 @@ RETRY_WAIT_SECONDS = 4.0  # WeChat waits 5 s per delivery; answer the retry befo
 POLL_SECONDS = 0.05
 
 
-@dataclass(frozen=True)
-class Claim:
-    push_id: int | None  # None: another delivery of the same push owns it
-    dedup_key: str
+class AlreadyClaimed(Exception):
+    """Another delivery of the same push ran (or is running) the command."""
 
 
 @dataclass(frozen=True)
@@ -33,15 +34,15 @@ class Stored:
     reply_xml: str | None = None
 
 
-def claim(db: Database, dedup_key: str, openid: str) -> Claim:
+def claim(session: Session, dedup_key: str, openid: str) -> int:
+    """Insert the dedup row first thing in the command's transaction; its id, or AlreadyClaimed."""
+    row = ReceivedPush(dedup_key=dedup_key, openid=openid, status="processing")
+    session.add(row)
     try:
-        with db.transaction() as s:
-            row = ReceivedPush(dedup_key=dedup_key, openid=openid, status="processing")
-            s.add(row)
-            s.flush()
-            return Claim(row.id, dedup_key)
-    except IntegrityError:
-        return Claim(None, dedup_key)
+        session.flush()
+    except IntegrityError as exc:
+        raise AlreadyClaimed(dedup_key) from exc
+    return row.id
 
 
 def finish(session: Session, push_id: int, reply_xml: str | None) -> None:
@@ -50,12 +51,6 @@ def finish(session: Session, push_id: int, reply_xml: str | None) -> None:
     row.status = "done"
     row.reply_xml = reply_xml
     row.finished_at = utcnow()
-
-
-def release(db: Database, push_id: int) -> None:
-    """The command failed and rolled back: forget the claim so WeChat's retry can run it again."""
-    with db.transaction() as s:
-        s.execute(delete(ReceivedPush).where(ReceivedPush.id == push_id))
 
 
 def wait_for_reply(db: Database, dedup_key: str, wait_seconds: float = RETRY_WAIT_SECONDS) -> Stored:
@@ -68,6 +63,6 @@ def wait_for_reply(db: Database, dedup_key: str, wait_seconds: float = RETRY_WAI
         if row is not None and row.status == "done":
             return Stored(True, row.reply_xml)
         if row is None or time.monotonic() >= deadline:
-            # None: the first delivery failed and released its claim; a later retry will run it.
+            # None: the first delivery rolled back (its claim with it); a later retry will run it.
             return Stored(False)
         time.sleep(POLL_SECONDS)

@@ -62,7 +62,7 @@ def receive() -> Response:
         return _empty(400)
     try:
         reply_xml = _dispatch(inbound)
-    except Exception:  # database down while claiming: a polite reply, WeChat will not retry
+    except Exception:  # database down while reading a stored reply: a polite reply, never a 5xx
         log.exception("push dispatch failed")
         reply_xml = _render(TextReply(SYSTEM_BUSY), inbound)
     if reply_xml is None:
@@ -112,21 +112,20 @@ def _render(reply: Reply, inbound: Inbound) -> str | None:
 
 def _dispatch(inbound: Inbound) -> str | None:
     db = current_db()
-    claim = dedup.claim(db, inbound.dedup_key, inbound.openid)
-    if claim.push_id is None:
-        stored = dedup.wait_for_reply(db, claim.dedup_key)
-        return stored.reply_xml if stored.ready else None
     router: Any = current_app.extensions.get(ROUTER_KEY)
     queued = False
     try:
         with db.transaction() as session:
+            push_id = dedup.claim(session, inbound.dedup_key, inbound.openid)
             reply: Reply = router(session, inbound) if router is not None else NoReply()
             reply_xml = _render(reply, inbound)
-            dedup.finish(session, claim.push_id, reply_xml)
+            dedup.finish(session, push_id, reply_xml)
             queued = bool(session.info.pop(TASKS_QUEUED, False))
-    except Exception:  # rolled back: nothing happened, so let WeChat's retry run it again
+    except dedup.AlreadyClaimed:
+        stored = dedup.wait_for_reply(db, inbound.dedup_key)
+        return stored.reply_xml if stored.ready else None
+    except Exception:  # rolled back with its claim: nothing happened, WeChat's retry runs it again
         log.exception("chat command failed (%s)", inbound.msg_type)
-        dedup.release(db, claim.push_id)
         return _render(TextReply(SYSTEM_BUSY), inbound)
     if queued and KICKER_KEY in current_app.extensions:
         current_app.extensions[KICKER_KEY].kick()

@@ -15,17 +15,17 @@ from db import Base, UTCDateTime, utcnow
 
 
 class ReceivedPush(Base):
-    """One push from WeChat, keyed by its dedup key. The row is inserted (and committed) *before*
-    the command runs, so a retry that arrives while the first delivery is still being processed hits
-    the unique key instead of running the command a second time; the reply is stored in the same
-    transaction as the command's effects, so a retry gets exactly what the first delivery got."""
+    """One push from WeChat, keyed by its dedup key. The row is inserted as the first statement of the
+    command's transaction, so a retry that arrives while the first delivery is still being processed
+    waits on the unique key instead of running the command a second time; the reply is stored in the
+    same transaction as the command's effects, so a retry gets exactly what the first delivery got."""
 
     __tablename__ = "chat_pushes"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     dedup_key: Mapped[str] = mapped_column(String(160), unique=True)
     openid: Mapped[str] = mapped_column(String(64), index=True)
-    status: Mapped[str] = mapped_column(String(16), default="processing")  # processing | done
+    status: Mapped[str] = mapped_column(String(16), default="processing")  # committed as "done"
     reply_xml: Mapped[str | None] = mapped_column(Text)  # plaintext reply; None = "success"
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
