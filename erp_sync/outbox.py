@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
 from db import CHINA_TZ, Base, UTCDateTime, utcnow
@@ -77,6 +77,15 @@ class OutboxDelivery(Base):
         UniqueConstraint("event_id", "subscriber", name="uq_outbox_deliveries_event_subscriber"),
         Index("ix_outbox_deliveries_due", "subscriber", "status", "next_attempt_at"),
         Index("ix_outbox_deliveries_bill_order", "subscriber", "bill_id", "seq"),
+        # The relay's "is an earlier event of this bill still pending?" probe (migration 0004_erp).
+        Index(
+            "ix_outbox_deliveries_pending_bill",
+            "subscriber",
+            "bill_id",
+            "seq",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

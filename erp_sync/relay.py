@@ -107,7 +107,9 @@ def due_deliveries(subscriber: str, now: dt.datetime, limit: int, *, skip_locked
             or_(OutboxDelivery.lease_expires_at.is_(None), OutboxDelivery.lease_expires_at <= now),
             or_(OutboxDelivery.bill_id.is_(None), OutboxDelivery.seq.is_(None), ~blocked),
         )
-        .order_by(OutboxDelivery.id)
+        # Oldest due first, along ix_outbox_deliveries_due: ordering by id would walk every delivered
+        # row on PostgreSQL before reaching the pending ones.
+        .order_by(OutboxDelivery.next_attempt_at, OutboxDelivery.id)
         .limit(limit)
     )
     return query.with_for_update(skip_locked=True, of=OutboxDelivery) if skip_locked else query
