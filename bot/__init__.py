@@ -25,11 +25,14 @@ def wechat_client(app: Flask | None = None) -> WeChatApiClient:
 
 def _build_client(app: Flask) -> WeChatApiClient:
     from bot.client import WeChatApiClient
-    from bot.tokens import MemoryTokenStore, RedisTokenStore, TokenStore
+    from bot.token_store import DatabaseTokenStore
+    from bot.tokens import RedisTokenStore, TokenStore
 
     s = app.extensions["renopay.settings"]
+    # Shared by every process (gunicorn workers and the scheduler worker): Redis when configured,
+    # otherwise the database — never a per-process token that would invalidate the others'.
     store: TokenStore = (RedisTokenStore.from_url(s.redis_url, s.wechat_app_id) if s.redis_url
-                         else MemoryTokenStore())
+                         else DatabaseTokenStore(app.extensions["renopay.db"], s.wechat_app_id))
     return WeChatApiClient(s.wechat_app_id, s.wechat_app_secret, api_base=s.wechat_api_base,
                            oauth_base=s.wechat_oauth_base, token_store=store)
 
@@ -47,5 +50,8 @@ def init_app(app: Flask) -> None:
     app.extensions[KICKER_KEY] = TaskKicker(app)
     # The kicker runs tasks right after the reply; this sweep catches what a crashed process left.
     register_job(app, "chat_tasks", lambda: run_due_tasks(app), IntervalTrigger(minutes=1))
+    # The worker keeps the shared access token fresh ahead of expiry; web workers then only read it.
+    register_job(app, "wechat_token", lambda: wechat_client(app).refresher.refresh_if_due(),
+                 IntervalTrigger(minutes=1))
     menu.register_cli(app)
     notices.init_app(app)
