@@ -67,7 +67,7 @@ def _resolve_settings(config: Settings | Mapping[str, Any] | None) -> Settings:
 
 def _sandbox_settings(settings: Settings) -> Settings:
     """Fill unset WeChat settings with sandbox credentials and the in-process stand-ins' URLs."""
-    from sandbox import keys
+    from sandbox import erp_receiver, keys
 
     creds = keys.ensure(Path(settings.instance_path) / "sandbox")
     base = settings.public_base_url.rstrip("/")
@@ -92,6 +92,9 @@ def _sandbox_settings(settings: Settings) -> Settings:
         values["wechat_oauth_base"] = f"{base}/sandbox/wechat-api"
     if settings.wechatpay_api_base == Settings.wechatpay_api_base:
         values["wechatpay_api_base"] = f"{base}/sandbox/wechatpay"
+    if not settings.erp_webhook_url and not settings.erp_webhook_secrets:  # the built-in ERP receiver
+        values.update(erp_webhook_url=f"{base}/sandbox/erp/events",
+                      erp_webhook_secrets=(erp_receiver.SANDBOX_SECRET,))
     return settings.with_overrides(**values)
 
 
@@ -112,6 +115,7 @@ def _mount_sandbox(app: Flask, settings: Settings) -> None:
     app.extensions["renopay.sandbox_mounts"] = mounts
     if mounts:
         app.wsgi_app = DispatcherMiddleware(app.wsgi_app, mounts)  # type: ignore[method-assign]
+    import sandbox.simulator; sandbox.simulator.init_app(app)  # noqa: E702, I001 - chat simulator, ERP receiver
 
 
 def _healthz() -> Any:
