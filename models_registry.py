@@ -2,6 +2,7 @@
 Add a line here when a package gains models."""
 
 import bot.models
+import bot.notice_models
 import erp_sync.outbox
 import handlers.models
 import payments.models

@@ -14,7 +14,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from bot import dedup
+from bot import dedup, notices
 from bot.replies import NoReply, Reply, TextReply, render
 from bot.wire import BadPush, BadSignature, Envelope, Inbound, parse_xml, to_inbound, verify_signature
 from config import current_settings
@@ -112,6 +112,9 @@ def _render(reply: Reply, inbound: Inbound) -> str | None:
 
 def _dispatch(inbound: Inbound) -> str | None:
     db = current_db()
+    if inbound.event == "templatesendjobfinish":  # notice status only: no dedup row, router or 48 h window
+        notices.record_job_finish(db, inbound.fields.get("MsgID", ""), inbound.fields.get("Status", ""))
+        return None
     router: Any = current_app.extensions.get(ROUTER_KEY)
     queued = False
     try:

@@ -24,6 +24,7 @@ __all__ = [
     "RetryableError",
     "Subscriber",
     "init_app",
+    "on_dead_letter",
     "register_job",
     "register_subscriber",
     "relay_for",
@@ -32,6 +33,7 @@ __all__ = [
 
 log = logging.getLogger("renopay.erp_sync")
 RELAY = "renopay.relay"
+DEAD_LETTER_HOOKS = "renopay.relay.dead_letter_hooks"
 IN_PROCESS_FLAG = "scheduler_in_process"  # Settings.extra: force (True) or forbid (False)
 
 def init_app(app: Flask) -> None:
@@ -54,8 +56,21 @@ def relay_for(app: Flask) -> Any:
 
     relay = app.extensions.get(RELAY)
     if relay is None:
-        relay = app.extensions[RELAY] = Relay(app.extensions["renopay.db"], subscribers(app))
+        relay = app.extensions[RELAY] = Relay(
+            app.extensions["renopay.db"], subscribers(app), on_dead=lambda *args: _dead_letters(app, *args)
+        )
     return relay
+
+
+def on_dead_letter(app: Flask, hook: Callable[..., None]) -> None:
+    """Call ``hook(session, subscriber_name, claimed_items)`` in the transaction that dead-letters
+    deliveries (e.g. to emit an alert event that commits with the dead letter, exactly once)."""
+    app.extensions.setdefault(DEAD_LETTER_HOOKS, []).append(hook)
+
+
+def _dead_letters(app: Flask, *args: Any) -> None:
+    for hook in app.extensions.get(DEAD_LETTER_HOOKS, ()):
+        hook(*args)
 
 
 def _relay_job(app: Flask) -> None:

@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import and_, exists, or_, select, update
-from sqlalchemy.orm import aliased
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.orm import Session, aliased
 
 from db import Database, utcnow
 from erp_sync.outbox import DeliveryStatus, OutboxDelivery, OutboxEvent
@@ -86,6 +87,10 @@ class RelayStats:
             self.by_subscriber[key] = self.by_subscriber.get(key, 0) + value
 
 
+# Called in the marking transaction with (session, subscriber name, the deliveries that just went dead).
+DeadLetterHook = Callable[[Session, str, list[Claimed]], None]
+
+
 def new_owner() -> str:
     return f"{socket.gethostname()[:32]}:{os.getpid()}:{secrets.token_hex(4)}"
 
@@ -125,8 +130,10 @@ class Relay:
         clock: Clock = utcnow,
         rand: Callable[[], float] = random.random,
         owner: str | None = None,
+        on_dead: DeadLetterHook | None = None,
     ):
         self.db = db
+        self.on_dead = on_dead
         self.subscribers = subscribers
         self.policy = policy or RelayPolicy()
         self.clock = clock
@@ -184,7 +191,7 @@ class Relay:
         else:
             with ThreadPoolExecutor(workers, thread_name_prefix=f"relay-{subscriber.name}") as pool:
                 results = list(pool.map(send, batch))
-        self.mark(results, stats)
+        self.mark(results, stats, subscriber.name)
         stats.by_subscriber[subscriber.name] = stats.delivered
         return stats
 
@@ -219,18 +226,23 @@ class Relay:
             ).all()
         return [Claimed(r[0], r[1], dict(r[2]), r[3], r[4]) for r in rows]
 
-    def mark(self, results: list[Claimed], stats: RelayStats) -> None:
+    def mark(self, results: list[Claimed], stats: RelayStats, subscriber: str = "") -> None:
         now = self.clock()
+        dead: list[Claimed] = []
         with self.db.transaction() as session:
             for item in results:
                 values = self._outcome(item, now, stats)
                 fenced = and_(OutboxDelivery.id == item.delivery_id, OutboxDelivery.lease_owner == self.owner)
-                session.execute(
+                marked: CursorResult[Any] = session.execute(  # type: ignore[assignment]
                     update(OutboxDelivery)
                     .where(fenced, OutboxDelivery.status == DeliveryStatus.pending.value)
                     .values(lease_owner=None, lease_expires_at=None, **values)
                     .execution_options(synchronize_session=False)
                 )
+                if values.get("status") == DeliveryStatus.dead.value and marked.rowcount:
+                    dead.append(item)
+            if dead and self.on_dead is not None:  # the alert commits with the dead letter, exactly once
+                self.on_dead(session, subscriber, dead)
 
     def _outcome(self, item: Claimed, now: dt.datetime, stats: RelayStats) -> dict[str, Any]:
         if not item.sent:
