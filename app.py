@@ -132,6 +132,7 @@ def _register_features(app: Flask, settings: Settings) -> None:
     """Each feature package exposes ``init_app(app)``; the order here is the wiring order."""
     import erp_sync; erp_sync.init_app(app)  # noqa: E702, I001 - one line per feature
     import payments; payments.init_app(app)  # noqa: E702, I001 - one line per feature
+    import payments.receipts; payments.receipts.init_app(app)  # noqa: E702, I001 - one line per feature
     import bot; bot.init_app(app)  # noqa: E702, I001 - one line per feature
     import handlers; handlers.init_app(app)  # noqa: E702, I001 - one line per feature
 

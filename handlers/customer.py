@@ -9,7 +9,7 @@ from bot.replies import Article, NewsReply, NoReply, Reply, TextReply, TransferR
 from handlers.context import Ctx
 from handlers.grammar import Audience, help_text
 from handlers.identity import bind_scene
-from handlers.lookup import own_bill
+from handlers.lookup import bill_number_of, own_bill
 from handlers.staff import receipts_text
 from handlers.views import money
 from payments.models import PAYABLE, STATUS_LABELS, Bill
@@ -51,7 +51,8 @@ def pay(ctx: Ctx, args: tuple[str, ...]) -> Reply:
 
 
 def receipts(ctx: Ctx, args: tuple[str, ...]) -> Reply:
-    return TextReply(receipts_text(ctx, own_bill(ctx.session, ctx.customer, args[0])))
+    number = bill_number_of(ctx.session, args[0])
+    return TextReply(receipts_text(ctx, own_bill(ctx.session, ctx.customer, number)))
 
 
 def help_(ctx: Ctx, args: tuple[str, ...]) -> Reply:

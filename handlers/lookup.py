@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from handlers.views import PHONE, mask_phone
 from payments import services
 from payments.errors import BillNotFound, InvalidInput, NotFound
-from payments.models import Bill, Customer
+from payments.models import Bill, Customer, Payment
 
 
 def resolve_customer(session: Session, tokens: Sequence[str]) -> tuple[Customer, list[str]]:
@@ -45,3 +45,15 @@ def own_bill(session: Session, customer: Customer | None, number: str) -> Bill:
     if customer is None or bill.customer_id != customer.id:
         raise BillNotFound()
     return bill
+
+
+def bill_number_of(session: Session, ref: str) -> str:
+    """``收据 <编号>`` takes a bill number or a receipt number (``R2611-00001``, ``r261100001``)."""
+    raw = "".join(ch for ch in ref.upper() if ch.isalnum())
+    if not (len(raw) > 5 and raw[0] == "R" and raw[1:].isdigit()):
+        return ref
+    receipt_no = f"R{raw[1:5]}-{raw[5:]}"
+    number = session.execute(
+        select(Bill.number).join(Payment, Payment.bill_id == Bill.id).where(Payment.receipt_no == receipt_no)
+    ).scalar_one_or_none()
+    return number or ref

@@ -8,7 +8,7 @@ from bot.replies import NoReply, Reply, TextReply
 from bot.tasks import enqueue
 from handlers.context import Ctx
 from handlers.identity import new_scene
-from handlers.lookup import resolve_customer, staff_bill
+from handlers.lookup import bill_number_of, resolve_customer, staff_bill
 from handlers.models import PendingDraft
 from handlers.views import (
     bill_detail,
@@ -131,7 +131,7 @@ def qr(ctx: Ctx, args: tuple[str, ...]) -> Reply:
 
 
 def receipts(ctx: Ctx, args: tuple[str, ...]) -> Reply:
-    return TextReply(receipts_text(ctx, staff_bill(ctx.session, args[0])))
+    return TextReply(receipts_text(ctx, staff_bill(ctx.session, bill_number_of(ctx.session, args[0]))))
 
 
 def receipts_text(ctx: Ctx, bill: Bill) -> str:
