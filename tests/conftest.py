@@ -9,4 +9,5 @@ pytest_plugins: list[str] = [
     "tests.fixtures.wechat_standin",
     "tests.fixtures.payments",
     "tests.fixtures.chat",
+    "tests.fixtures.notices",
 ]
