@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from bot.replies import NoReply, Reply, TextReply
 from bot.wire import Inbound
 from db import utcnow
-from handlers import customer, staff, staff_money
+from handlers import customer, staff, staff_money, staff_refund
 from handlers.context import Ctx, identify
 from handlers.grammar import ROLE_LABELS, Audience, Command, Parsed, help_text, parse, usage_text
 from handlers.identity import bind_staff
@@ -25,10 +25,10 @@ UNKNOWN = "没有听懂您的消息。发送“帮助”查看可用的功能。
 ONLY_TEXT = "目前只能处理文字消息。发送“帮助”查看可用的功能。"
 
 STAFF: dict[str, Handler] = {
-    "issue": staff.issue, "confirm": staff.confirm, "cancel": staff.cancel, "show": staff.show,
+    "issue": staff.issue, "confirm": staff_refund.confirm, "cancel": staff_refund.cancel, "show": staff.show,
     "unpaid": staff.unpaid, "remind": staff.remind, "void": staff.void, "qr": staff.qr,
     "receipts": staff.receipts, "invite": staff.invite, "collect": staff_money.collect,
-    "today": staff_money.today, "month": staff_money.month,
+    "today": staff_money.today, "month": staff_money.month, "refund": staff_refund.refund,
     "help": lambda ctx, _: TextReply(help_text(Audience.staff, str(ctx.require_staff().role))),
 }
 CUSTOMER: dict[str, Handler] = {
@@ -41,10 +41,16 @@ EVENTS: dict[str, Callable[[Ctx], Reply]] = {
 }
 
 
+# What opens WeChat's 48-hour customer-service window: any message, and these events (a VIEW of a
+# menu link, an unsubscribe or a template delivery report do not).
+WINDOW_EVENTS = frozenset({"subscribe", "scan", "click", "scancode_push", "scancode_waitmsg"})
+
+
 def route(session: Session, inbound: Inbound) -> Reply:
     ctx = identify(session, inbound)
-    if ctx.customer is not None:
-        ctx.customer.last_message_at = utcnow()  # opens the 48-hour customer-service window
+    opens_window = inbound.msg_type != "event" or (inbound.event or "").lower() in WINDOW_EVENTS
+    if ctx.customer is not None and opens_window:
+        ctx.customer.last_message_at = utcnow()  # the fallback for undeliverable template notices
     if inbound.msg_type == "event":
         handler = EVENTS.get(inbound.event or "")
         return _safely(ctx, lambda: handler(ctx))[0] if handler else NoReply()

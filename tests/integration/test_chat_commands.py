@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from bot.menu import CONTACT_SERVICE, MENU, MY_BILLS, PAY_HELP
 from handlers.models import AuditEntry
-from payments.models import BillStatus, StaffRole
+from payments.models import BillStatus, Customer, StaffRole
 from sandbox import push_client as pc
 from tests.fixtures.chat import Chat, new_openid
 
@@ -126,3 +126,17 @@ def test_cli_menu_push_installs_the_menu_at_the_stand_in(chat: Chat) -> None:
     result = chat.live.app.test_cli_runner().invoke(args=["menu", "push"])
     assert result.exit_code == 0, result.output
     assert chat.live.wx.menu == MENU
+
+
+def test_only_messages_and_window_events_open_the_48_hour_window(chat: Chat) -> None:
+    staff = chat.staff()
+    customer = chat.customer(staff)
+    with chat.live.db.transaction() as s:
+        s.execute(update(Customer).where(Customer.openid == customer).values(last_message_at=None))
+    chat.event(pc.view_event(chat.live.creds.original_id, customer, "https://example.com/"))
+    chat.event(pc.unsubscribe_event(chat.live.creds.original_id, customer))
+    found = chat.customer_by_openid(customer)
+    assert found is not None and found.last_message_at is None
+    chat.text(customer, "帮助")
+    found = chat.customer_by_openid(customer)
+    assert found is not None and found.last_message_at is not None
