@@ -5,8 +5,10 @@ import bot.models
 import bot.notice_models
 import erp_sync.outbox
 import handlers.models
+import handlers.staff_refund
 import payments.models
 import payments.notifications
 import payments.numbers
+import payments.reconcile_models
 
 __all__ = ["erp_sync", "payments"]
