@@ -21,6 +21,7 @@ from payments import services
 from payments.errors import DomainError
 from payments.models import RefundStatus
 from payments.notifications import mark_processed, store_notification
+from payments.refund_results import settle_refund
 from payments.runtime import gateway
 from payments.wechatpay import Callback, CallbackRejected, WeChatPayGateway, parse_time
 
@@ -123,7 +124,7 @@ def apply_refund(db: Database, gw: WeChatPayGateway, callback: Callback, body: s
             return "anomaly"
         try:
             with session.begin_nested():  # a refused transition leaves nothing half-written
-                services.apply_refund_result(
+                settle_refund(  # ABNORMAL also tells finance what to do next
                     session,
                     out_refund_no,
                     status=REFUND_STATUS[callback.event_type],

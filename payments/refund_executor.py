@@ -6,6 +6,10 @@ each due one is sent with its own ``out_refund_no`` — the same on every retry,
 twice — and the explicit refund notify_url. Accepted → ``processing`` (the result comes by
 notification or query); refused for good → ``failed`` (an event tells finance); a temporary error
 → tried again later with backoff.
+
+Refunds that stay ``processing`` (a lost REFUND.* notification) are queried, first a couple of
+minutes after WeChat accepted them, then with backoff up to an hour; the answer goes through
+:func:`payments.refund_results.settle_refund`, the same path as a notification.
 """
 
 from __future__ import annotations
@@ -20,9 +24,13 @@ from sqlalchemy import select
 from db import Database, utcnow
 from payments import services
 from payments.models import Payment, Refund, RefundStatus
+from payments.refund_results import WECHAT_STATUS, settle_refund
 from payments.wechatpay import PermanentError, RetryableError, WeChatPayGateway
 
 log = logging.getLogger("renopay.payments.refunds")
+
+FIRST_QUERY_AFTER = dt.timedelta(minutes=2)
+MAX_QUERY_BACKOFF = dt.timedelta(hours=1)
 
 
 @dataclass
@@ -30,6 +38,8 @@ class RefundRun:
     sent: int = 0
     failed: int = 0
     retry: int = 0
+    queried: int = 0
+    settled: int = 0
     errors: list[str] = field(default_factory=list)
 
 
@@ -61,14 +71,17 @@ def _due(db: Database, now: dt.datetime, limit: int) -> list[_Order]:
         ]
 
 
-def _retry_later(db: Database, out_refund_no: str, now: dt.datetime, error: str) -> None:
+def query_backoff(check_count: int) -> dt.timedelta:
+    """2, 4, 8 … minutes, at most an hour."""
+    return min(MAX_QUERY_BACKOFF, dt.timedelta(minutes=2 ** min(check_count, 6)))
+
+
+def _retry_later(db: Database, out_refund_no: str, now: dt.datetime, error: str | None) -> None:
     with db.transaction() as session:
         refund = session.execute(select(Refund).where(Refund.out_refund_no == out_refund_no)).scalar_one()
         refund.check_count += 1
-        refund.last_error = error[:200]
-        refund.next_check_at = now + min(
-            dt.timedelta(hours=1), dt.timedelta(minutes=2 ** min(refund.check_count, 6))
-        )
+        refund.last_error = error[:200] if error else refund.last_error
+        refund.next_check_at = now + query_backoff(refund.check_count)
 
 
 def execute_pending_refunds(
@@ -79,7 +92,7 @@ def execute_pending_refunds(
     limit: int = 100,
     progress: Callable[[str], None] | None = None,
 ) -> RefundRun:
-    """Send every due pending refund to WeChat once; returns what happened."""
+    """Send every due pending refund to WeChat once, then query the due processing ones."""
     now = now or utcnow()
     run = RefundRun()
     for order in _due(db, now, limit):
@@ -109,9 +122,71 @@ def execute_pending_refunds(
             outcome = f"failed ({exc.code})"
         else:
             with db.transaction() as session:
-                services.mark_refund_processing(session, order.out_refund_no, refund_id=result.refund_id)
+                refund = services.mark_refund_processing(
+                    session, order.out_refund_no, refund_id=result.refund_id
+                )
+                final = WECHAT_STATUS.get(result.status)
+                if final is not None and refund.status is RefundStatus.processing:
+                    settle_refund(
+                        session, order.out_refund_no, status=final, refund_id=result.refund_id, now=now
+                    )
+                elif refund.status is RefundStatus.processing:
+                    refund.next_check_at = now + FIRST_QUERY_AFTER  # then ask, if no notification came
             run.sent += 1
             outcome = f"sent ({result.status})"
         if progress:
             progress(f"refund {order.out_refund_no}: {outcome}")
+    query_processing_refunds(db, gw, now=now, limit=limit, progress=progress, run=run)
+    return run
+
+
+def _due_queries(db: Database, now: dt.datetime, limit: int) -> list[str]:
+    with db.transaction() as session:
+        return list(
+            session.execute(
+                select(Refund.out_refund_no)
+                .where(
+                    Refund.status == RefundStatus.processing,
+                    (Refund.next_check_at.is_(None)) | (Refund.next_check_at <= now),
+                )
+                .order_by(Refund.next_check_at, Refund.id)
+                .limit(limit)
+            ).scalars()
+        )
+
+
+def query_refund(db: Database, gw: WeChatPayGateway, out_refund_no: str, *, now: dt.datetime) -> str:
+    """Ask WeChat about one processing refund and apply a final answer; returns what happened."""
+    try:
+        result = gw.query_refund(out_refund_no)
+    except (RetryableError, PermanentError) as exc:
+        _retry_later(db, out_refund_no, now, f"query {exc.code}: {exc.detail}")
+        return f"retry ({exc.code})"
+    status = WECHAT_STATUS.get(result.status)
+    if status is None:  # still PROCESSING
+        _retry_later(db, out_refund_no, now, None)
+        return "waiting"
+    with db.transaction() as session:
+        settle_refund(session, out_refund_no, status=status, refund_id=result.refund_id, now=now)
+    return str(status)
+
+
+def query_processing_refunds(
+    db: Database,
+    gw: WeChatPayGateway,
+    *,
+    now: dt.datetime | None = None,
+    limit: int = 100,
+    progress: Callable[[str], None] | None = None,
+    run: RefundRun | None = None,
+) -> RefundRun:
+    """Query every processing refund that is due (a lost notification is healed here)."""
+    now = now or utcnow()
+    run = run or RefundRun()
+    for out_refund_no in _due_queries(db, now, limit):
+        outcome = query_refund(db, gw, out_refund_no, now=now)
+        run.queried += 1
+        run.settled += outcome in ("succeeded", "closed", "abnormal")
+        if progress:
+            progress(f"queried refund {out_refund_no}: {outcome}")
     return run
