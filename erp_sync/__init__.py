@@ -83,12 +83,13 @@ def _register_recovery_jobs(app: Flask) -> None:
     """The payments issue's recovery (payments/recovery.py, payments/refund_executor.py), each run with
     the app's database and WeChat Pay gateway (resolved at run time, so wiring order doesn't matter)."""
     from db import current_db
-    from payments import recovery, refund_executor, runtime
+    from payments import reconcile, recovery, refund_executor, runtime
 
-    jobs = {
+    jobs: dict[str, Callable[[Any, Any], object]] = {
         "recover_pending_attempts": recovery.reconcile_pending,
         "close_expired_attempts": recovery.close_stale,
-        "sync_refunds": refund_executor.execute_pending_refunds,
+        "sync_refunds": refund_executor.execute_pending_refunds,  # sends pending, queries processing
+        "trade_bill": reconcile.run_daily,  # 10:30: yesterday's trade bill against the ledger
     }
     for job_id, func in jobs.items():
         register_job(app, job_id, _with_gateway(func, current_db, runtime.gateway))

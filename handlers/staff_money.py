@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import func, select
-
 from bot.replies import Reply, TextReply
 from db import CHINA_TZ
 from handlers.context import Ctx
 from handlers.lookup import staff_bill
 from handlers.views import china_today, money
-from payments import services
+from payments import reports, services
 from payments.errors import InvalidInput
-from payments.models import PAYABLE, STATUS_LABELS, Bill, Payment, PaymentMethod, Refund, RefundStatus
+from payments.models import STATUS_LABELS, PaymentMethod
 from payments.money import parse_amount
 
 METHODS = {
@@ -54,23 +52,13 @@ def _period(days: str) -> tuple[dt.datetime, dt.datetime, str]:
 
 def _totals(ctx: Ctx, which: str) -> Reply:
     begin, end, label = _period(which)
-    s = ctx.session
-    collected, count = s.execute(
-        select(func.coalesce(func.sum(Payment.amount_fen - Payment.excess_fen), 0), func.count(Payment.id))
-        .where(Payment.paid_at >= begin, Payment.paid_at < end)
-    ).one()
-    refunded = s.execute(
-        select(func.coalesce(func.sum(Refund.amount_fen), 0)).where(
-            Refund.status == RefundStatus.succeeded, Refund.finished_at >= begin, Refund.finished_at < end
-        )
-    ).scalar_one()
-    outstanding, open_count = s.execute(
-        select(func.coalesce(func.sum(Bill.amount_fen - Bill.paid_fen), 0), func.count(Bill.id))
-        .where(Bill.status.in_(PAYABLE))
-    ).one()
+    totals = reports.summarize(ctx.session, begin, end).total  # the same figures as the monthly report
+    outstanding, open_count = reports.outstanding(ctx.session)
+    fee = f"，手续费 {money(totals.fee_fen)}" if totals.fee_fen else ""
     return TextReply(
-        f"{label}\n收款：{money(int(collected))}（{count} 笔）\n退款：{money(int(refunded))}\n"
-        f"当前待收：{money(int(outstanding))}（{open_count} 张账单）"
+        f"{label}\n收款：{money(totals.collected_fen)}（{totals.payments} 笔）\n"
+        f"退款：{money(totals.refunded_fen)}（{totals.refunds} 笔）\n净额：{money(totals.net_fen)}{fee}\n"
+        f"当前待收：{money(outstanding)}（{open_count} 张账单）"
     )
 
 

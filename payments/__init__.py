@@ -14,7 +14,7 @@ from flask.cli import AppGroup
 
 
 def init_app(app: Flask) -> None:
-    from payments import notify, paypage, runtime
+    from payments import notify, paypage, reconcile_cli, runtime
     from payments.money import chinese_capital, format_fen
     from payments.wechatpay import WeChatPayGateway, config_from_settings
 
@@ -36,6 +36,7 @@ def init_app(app: Flask) -> None:
     app.add_template_filter(format_fen, "fen")
     app.add_template_filter(chinese_capital, "fen_capital")
     app.cli.add_command(payments_cli)
+    reconcile_cli.register(app)  # flask --app app reconcile / report
 
 
 def _oauth_client(settings: Any) -> Any:
