@@ -3,6 +3,7 @@ Add a line here when a package gains models."""
 
 import bot.models
 import bot.notice_models
+import bot.token_store
 import erp_sync.outbox
 import handlers.models
 import handlers.staff_refund
@@ -11,4 +12,4 @@ import payments.notifications
 import payments.numbers
 import payments.reconcile_models
 
-__all__ = ["erp_sync", "payments"]
+__all__ = ["bot", "erp_sync", "handlers", "payments"]
