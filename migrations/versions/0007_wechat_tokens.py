@@ -1,7 +1,7 @@
 """wechat_tokens: the shared access token when there is no Redis
 
 Revision ID: 0007_wechat_tokens
-Revises: 0001_core
+Revises: 0006_reconcile
 Create Date: 2026-11-26 19:20:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007_wechat_tokens"
-down_revision = "0001_core"
+down_revision = "0006_reconcile"
 branch_labels = None
 depends_on = None
 
