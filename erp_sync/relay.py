@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy import and_, exists, literal, or_, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session, aliased
 
@@ -97,17 +97,20 @@ def new_owner() -> str:
 
 def due_deliveries(subscriber: str, now: dt.datetime, limit: int, *, skip_locked: bool) -> Any:
     earlier = aliased(OutboxDelivery)
+    # 'pending' is rendered inline: psycopg prepares repeated statements, and a generic plan with a
+    # bound status cannot use the partial index ix_outbox_deliveries_pending_bill (seconds per claim).
+    pending = literal(DeliveryStatus.pending.value, literal_execute=True)
     blocked = exists().where(
         earlier.subscriber == OutboxDelivery.subscriber,
         earlier.bill_id == OutboxDelivery.bill_id,
         earlier.seq < OutboxDelivery.seq,
-        earlier.status == DeliveryStatus.pending.value,
+        earlier.status == pending,
     )
     query = (
         select(OutboxDelivery.id)
         .where(
             OutboxDelivery.subscriber == subscriber,
-            OutboxDelivery.status == DeliveryStatus.pending.value,
+            OutboxDelivery.status == pending,
             OutboxDelivery.next_attempt_at <= now,
             or_(OutboxDelivery.lease_expires_at.is_(None), OutboxDelivery.lease_expires_at <= now),
             or_(OutboxDelivery.bill_id.is_(None), OutboxDelivery.seq.is_(None), ~blocked),
