@@ -17,9 +17,14 @@ FIELD_LABELS = {  # category-template keys by type (keyword name minus its digit
     "character_string": "编号", "amount": "金额", "thing": "事项", "time": "时间", "phrase": "状态",
     "name": "姓名", "number": "数量", "phone_number": "电话", "date": "日期",
 }
+# Titles by notice kind (bot/notice_templates.py); sandbox template ids are ``sandbox_<kind>``.
+# Longest keys first, so "payment_failed" is never taken for "payment".
 TEMPLATE_TITLES = {
-    "bill_opened": "待支付账单提醒", "payment": "收款成功通知", "receipt": "收款成功通知",
-    "refund": "退款通知", "remind": "付款提醒", "reconcil": "对账通知",
+    "staff_reconciliation": "对账结果通知", "staff_refund_problem": "退款异常提醒",
+    "staff_dead_letter": "ERP 推送失败提醒", "staff_anomaly": "收款异常提醒", "staff_payment": "客户付款通知",
+    "payment_succeeded": "收款成功通知（电子收据）", "payment_failed": "支付未完成提醒",
+    "refund_succeeded": "退款成功通知", "refund_failed": "退款失败通知",
+    "bill_reminded": "付款提醒", "bill_opened": "待支付账单提醒",
 }
 
 
