@@ -7,7 +7,9 @@ import hmac
 
 from erp_sync.webhook import ErpWebhook, encode_body, signature_header, verify_signature
 
-BODY = encode_body({"id": "evt_1", "type": "bill.opened", "bill": {"number": "B2611-0001", "stage": "首期款"}})
+BODY = encode_body(
+    {"id": "evt_1", "type": "bill.opened", "bill": {"number": "B2611-0001", "stage": "首期款"}}
+)
 
 
 def test_signature_is_hmac_sha256_of_timestamp_dot_raw_body():
