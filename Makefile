@@ -20,10 +20,10 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed-run
 
 ## make run: migrate the SQLite database under instance/ and serve http://127.0.0.1:5000 (sandbox
-## mode when no WeChat credentials are configured), with the scheduler in-process.
+## mode when no WeChat credentials are configured), with the scheduler in-process (flask run starts it).
 run: $(VENV)/.installed-run
 	$(BIN)/flask --app app db upgrade
-	RENOPAY_INPROCESS_SCHEDULER=1 $(BIN)/flask --app app run --host $(HOST) --port $(PORT) --no-reload --with-threads
+	$(BIN)/flask --app app run --host $(HOST) --port $(PORT) --no-reload --with-threads
 
 ## make test: the whole suite (SQLite unless DATABASE_URL names PostgreSQL).
 test: $(VENV)/.installed-test

@@ -51,7 +51,6 @@ def init_app(app: Flask) -> None:
     # The kicker runs tasks right after the reply; this sweep catches what a crashed process left.
     register_job(app, "chat_tasks", lambda: run_due_tasks(app), IntervalTrigger(minutes=1))
     # The worker keeps the shared access token fresh ahead of expiry; web workers then only read it.
-    register_job(app, "wechat_token", lambda: wechat_client(app).refresher.refresh_if_due(),
-                 IntervalTrigger(minutes=1))
+    register_job(app, "token_refresh", lambda: wechat_client(app).refresher.refresh_if_due())
     menu.register_cli(app)
     notices.init_app(app)
