@@ -1,6 +1,7 @@
 """Shared fixtures. Feature-specific fixtures live in tests/fixtures/<name>.py and are listed here."""
 
 pytest_plugins: list[str] = [
+    "tests.fixtures.browser",
     "tests.fixtures.database",
     "tests.fixtures.domain",
     "tests.fixtures.erp",

@@ -5,8 +5,6 @@ Screenshots are kept in test-artifacts/ (git-ignored)."""
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,26 +12,16 @@ import zxingcpp
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 from PIL import Image
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import select
 
 from payments.models import Bill, BillStatus
+from tests.fixtures.browser import ARTIFACTS, PHONE, screenshot
 from tests.fixtures.payments import PayBench
 from tests.integration.test_pay_page import WECHAT_UA
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-PHONE = {"width": 390, "height": 844}
 
 # A WeChat in-app browser's bridge, reduced to what the page uses; the test plays WeChat's part.
 BRIDGE_STUB = """
@@ -47,19 +35,8 @@ window.WeixinJSBridge = {
 """
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium")
-    with sync_playwright() as pw:
-        instance = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield instance
-        instance.close()
-
-
 def shot(page: Page, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"pay-{name}.png"), full_page=True)
+    screenshot(page, f"pay-{name}", full_page=True)
 
 
 def bill_status(bench: PayBench, number: str) -> BillStatus:

@@ -7,23 +7,19 @@ import base64
 import io
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 import zxingcpp
 from PIL import Image
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser
 
 from payments import services
 from payments.models import RefundStatus
 from payments.money import chinese_capital
+from tests.fixtures.browser import ARTIFACTS
 from tests.fixtures.notices import Shop
-
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
 
 
 @pytest.mark.parametrize(("fen", "capital"), [
@@ -95,16 +91,6 @@ def test_receipt_command_answers_customers_and_staff_with_the_links(shop: Shop) 
         assert shop.receipt_of(link) == payment.receipt_no
     stranger = shop.live.push_text("o_stranger_0001", f"收据 {payment.receipt_no}").reply
     assert stranger is not None and payment.receipt_no not in stranger["Content"]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium")
-    with sync_playwright() as pw:
-        instance = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield instance
-        instance.close()
 
 
 @pytest.mark.browser

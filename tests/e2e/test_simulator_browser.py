@@ -6,41 +6,24 @@ panel shows the events in order. Screenshots of every step go to test-artifacts/
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, FrameLocator, Page, expect, sync_playwright
+from playwright.sync_api import Browser, FrameLocator, Page, expect
 from sqlalchemy import select
 
 from payments.models import Bill, BillStatus, Payment, PaymentMethod
 from sandbox import seed
 from tests.e2e.test_simulator_api import Sandbox, sandbox  # noqa: F401 - the served-sandbox fixture
+from tests.fixtures.browser import PHONE, screenshot
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 DESKTOP = {"width": 1480, "height": 1040}
-PHONE = {"width": 390, "height": 844}
 WAIT = 20_000  # ms, the longest any step may take (relay interval 2 s + notification round trips)
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium")
-    with sync_playwright() as pw:
-        instance = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield instance
-        instance.close()
-
-
 def shot(page: Page, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"simulator-{name}.png"))
+    screenshot(page, f"simulator-{name}")
 
 
 def say(page: Page, role: str, text: str) -> None:
