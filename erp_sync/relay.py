@@ -31,6 +31,7 @@ from sqlalchemy import and_, exists, literal, or_, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session, aliased
 
+import observability
 from db import Database, utcnow
 from erp_sync.outbox import DeliveryStatus, OutboxDelivery, OutboxEvent
 from erp_sync.subscribers import DeliveryError, PermanentError, RetryableError, Subscriber
@@ -196,6 +197,10 @@ class Relay:
                 results = list(pool.map(send, batch))
         self.mark(results, stats, subscriber.name)
         stats.by_subscriber[subscriber.name] = stats.delivered
+        for result in ("delivered", "failed", "dead", "released"):  # /metrics: deliveries by result
+            if getattr(stats, result):
+                observability.inc("renopay_outbox_deliveries_total", getattr(stats, result),
+                                  subscriber=subscriber.name, result=result)
         return stats
 
     def claim(self, subscriber: str) -> list[Claimed]:

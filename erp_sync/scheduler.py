@@ -22,6 +22,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from flask import Flask
 
+import observability
 from db import utcnow
 
 log = logging.getLogger("renopay.scheduler")
@@ -130,6 +131,7 @@ def run_job(app: Flask, job_id: str) -> bool:
         error = f"{type(exc).__name__}: {exc}"
         log.exception("job %s failed", job_id)
     book.finished(job_id, time.monotonic() - started, error)
+    observability.inc("renopay_job_runs_total", job=job_id, result="ok" if error is None else "failed")
     return error is None
 
 

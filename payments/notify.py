@@ -16,6 +16,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 from sqlalchemy.orm import Session
 
+import observability
 from db import Database, current_db, utcnow
 from payments import services
 from payments.errors import DomainError
@@ -144,6 +145,12 @@ PAYMENT_EVENTS: dict[str, Handler] = {"TRANSACTION.SUCCESS": apply_transaction}
 REFUND_EVENTS: dict[str, Handler] = {name: apply_refund for name in REFUND_STATUS}
 
 
+def _count(outcome: str) -> None:
+    """/metrics: notifications by endpoint and outcome (applied, duplicate, anomaly, rejected, error…)."""
+    observability.inc("renopay_wechatpay_notifications_total", endpoint=request.path.rsplit("/", 1)[-1],
+                      outcome=outcome)
+
+
 def _receive(handlers: Mapping[str, Handler]) -> Response:
     gw = gateway()
     raw = request.get_data()
@@ -151,16 +158,20 @@ def _receive(handlers: Mapping[str, Handler]) -> Response:
         callback = gw.verify_and_decrypt(dict(request.headers), raw)
     except CallbackRejected as exc:
         log.warning("rejected WeChat Pay callback: %s", exc)
+        _count("rejected")
         return _fail(401, "签名验证失败")
     handler = handlers.get(callback.event_type)
     if handler is None:
         log.info("ignored WeChat Pay event %s (%s)", callback.event_type, callback.event_id)
+        _count("unknown_event")
         return Response(status=NO_CONTENT)
     try:
         outcome = handler(current_db(), gw, callback, raw.decode("utf-8"))
     except Exception:  # anything unexpected: WeChat must retry, never lose the notification
         log.exception("WeChat Pay callback %s could not be processed", callback.event_id)
+        _count("error")
         return _fail(500, "处理失败，请重试")
+    _count(outcome)
     return _answer(outcome)
 
 
