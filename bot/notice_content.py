@@ -103,6 +103,7 @@ def values(payload: Mapping[str, Any]) -> dict[str, object]:
         "reason": refund.get("reason") or FAILURE_REASONS.get(str(data.get("reason")), data.get("reason")),
         "result": "退款异常" if refund.get("status") == "abnormal" else RESULTS.get(topic, "通知"),
         "summary": _summary(topic, bill, data),
+        "next_step": data.get("next_step") or "请在后台处理。",
         "company_name": data.get("company_name"),
     }
 
@@ -186,8 +187,12 @@ def _payment(payload: Mapping[str, Any], directory: Directory, links: LinkMaker)
 
 def _refund_failed(payload: Mapping[str, Any], directory: Directory, links: LinkMaker) -> list[Planned]:
     link = _receipt_link(payload, links)
+    customer = [Planned("refund_failed", _customer(payload), link)]
+    refund = (payload.get("data") or {}).get("refund") or {}
+    if refund.get("status") == "abnormal":
+        return customer  # finance hears of it once, from the payment.anomaly alert with the next step
     finance = [Planned("staff_refund_problem", openid, link) for openid in directory.finance_openids()]
-    return [Planned("refund_failed", _customer(payload), link), *finance]
+    return [*customer, *finance]
 
 
 def _to_finance(kind: str) -> Planner:
@@ -222,7 +227,7 @@ TEXTS = {
     "refund_succeeded": "【退款成功】{amount} 已原路退回，对应收据 {receipt_no}。",
     "refund_failed": "【退款未成功】对应收据 {receipt_no} 的退款 {amount} 暂未成功，我们会尽快处理。",
     "staff_payment": "【收款通知】{customer_name} 支付 {amount}，账单 {bill_number}，时间 {time}。",
-    "staff_anomaly": "【收款异常】{summary}，金额 {amount}，微信支付单号 {transaction_id}。请在后台处理。",
+    "staff_anomaly": "【收款异常】{summary}，金额 {amount}，微信支付单号 {transaction_id}。{next_step}",
     "staff_refund_problem": "【退款问题】{summary}，金额 {amount}，收据 {receipt_no}。请尽快处理。",
     "staff_dead_letter": "【推送失败】{summary}，账单 {bill_number}。请检查后重新推送。",
     "staff_reconciliation": "【每日对账】{summary}，微信收款 {amount}。明细：flask --app app reconcile。",

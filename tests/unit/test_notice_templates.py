@@ -104,10 +104,13 @@ PAYMENT = {"receipt_no": "R2611-00001", "amount_fen": 3_800_000, "transaction_id
         ("staff_payment", "o_sales", "https://receipt/R2611-00001")]),
     (_payload("payment.failed", amount_fen=100, reason="expired"),
      [("payment_failed", "o_cust", "https://pay/B2611-0042")]),
-    (_payload("refund.failed", refund={"receipt_no": "R2611-00001", "status": "abnormal", "amount_fen": 5}), [
+    (_payload("refund.failed", refund={"receipt_no": "R2611-00001", "status": "closed", "amount_fen": 5}), [
         ("refund_failed", "o_cust", "https://receipt/R2611-00001"),
         ("staff_refund_problem", "o_fin1", "https://receipt/R2611-00001"),
         ("staff_refund_problem", "o_fin2", "https://receipt/R2611-00001")]),
+    # an abnormal refund reaches finance once, through its payment.anomaly (which says what to do)
+    (_payload("refund.failed", refund={"receipt_no": "R2611-00001", "status": "abnormal", "amount_fen": 5}), [
+        ("refund_failed", "o_cust", "https://receipt/R2611-00001")]),
     (_payload("payment.anomaly", kind="overpayment", amount_fen=5),
      [("staff_anomaly", "o_fin1", None), ("staff_anomaly", "o_fin2", None)]),
     (_payload(DEAD_LETTER_TOPIC, subscriber="erp", topic="bill.opened"),
@@ -124,3 +127,11 @@ def test_the_fallback_text_is_chinese_with_figures_and_a_link() -> None:
     text = custom_text("payment_failed", values(payload), "https://pay/B2611-0042")
     assert text == ("【支付未完成】账单 B2611-0042（水电改造 首期款）的付款 ¥10,000.00 未完成：支付超时。\n"
                     '<a href="https://pay/B2611-0042">重新支付</a>')
+
+
+def test_the_finance_anomaly_text_carries_the_next_step() -> None:
+    step = "请登录商户平台处理。"
+    payload = _payload("payment.anomaly", kind="refund_abnormal", amount_fen=500, next_step=step)
+    assert custom_text("staff_anomaly", values(payload), None).endswith("请登录商户平台处理。")
+    plain = _payload("payment.anomaly", kind="overpayment", amount_fen=5)
+    assert custom_text("staff_anomaly", values(plain), None).endswith("请在后台处理。")
