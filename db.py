@@ -11,6 +11,7 @@ import datetime as dt
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
+
+READ_ONLY = "renopay_read_only"  # execution option of the engine behind Database.read()
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -72,7 +75,8 @@ def build_engine(url: str, **kwargs: Any) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Readers (Database.read) take a deferred BEGIN: a consistent WAL snapshot, no write lock.
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
 
     return engine
 
@@ -87,9 +91,23 @@ class Database:
         engine = build_engine(url, **kwargs)
         return cls(engine, sessionmaker(engine, expire_on_commit=False))
 
+    @cached_property
+    def _read_engine(self) -> Engine:
+        return self.engine.execution_options(**{READ_ONLY: True})  # same pool, deferred BEGIN on SQLite
+
     @property
     def is_sqlite(self) -> bool:
         return self.engine.dialect.name == "sqlite"
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A read-only unit: one consistent snapshot, always rolled back, never a write lock (SQLite
+        readers start with a deferred BEGIN, so they don't queue behind writers; nothing to commit)."""
+        session = self.session_factory(bind=self._read_engine)
+        try:
+            yield session
+        finally:
+            session.close()  # ends the snapshot: the pool rolls the connection back on return
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:

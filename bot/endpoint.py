@@ -2,6 +2,8 @@
 
 Order of checks for a push: ``signature`` (403, empty body) → body size (413) → XML (400) →
 ``msg_signature`` and decryption with our appid (403 / 400) → required fields (400) → dedup → router.
+Read-only customer messages (the router's ``read_only``) skip the dedup row: they are answered from a
+read snapshot, with no write transaction unless the 48-hour window marker is stale.
 Nothing raised past this module: the answer is a 4xx, ``success`` or a reply — never a 5xx.
 """
 
@@ -15,10 +17,10 @@ from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from bot import dedup, notices
-from bot.replies import NoReply, Reply, TextReply, render
+from bot.replies import NoReply, ReadAnswer, Reply, TextReply, render
 from bot.wire import BadPush, BadSignature, Envelope, Inbound, parse_xml, to_inbound, verify_signature
 from config import current_settings
-from db import current_db
+from db import Database, current_db
 
 log = logging.getLogger("renopay.bot")
 
@@ -110,12 +112,30 @@ def _render(reply: Reply, inbound: Inbound) -> str | None:
     return render(reply, to_user=inbound.openid, from_user=inbound.to_user, create_time=int(time.time()))
 
 
+def _follow_up(db: Database, answer: ReadAnswer) -> None:
+    if answer.follow_up is None:
+        return
+    try:
+        with db.transaction() as session:
+            answer.follow_up(session)
+    except Exception:  # bookkeeping only (the 48-hour window marker): the reply still goes out
+        log.warning("read-only reply: follow-up write failed", exc_info=True)
+
+
 def _dispatch(inbound: Inbound) -> str | None:
     db = current_db()
     if inbound.event == "templatesendjobfinish":  # notice status only: no dedup row, router or 48 h window
         notices.record_job_finish(db, inbound.fields.get("MsgID", ""), inbound.fields.get("Status", ""))
         return None
     router: Any = current_app.extensions.get(ROUTER_KEY)
+    read_only = getattr(router, "read_only", None)
+    if read_only is not None:
+        answer: ReadAnswer | None
+        with db.read() as session:
+            answer = read_only(session, inbound)
+        if answer is not None:
+            _follow_up(db, answer)
+            return _render(answer.reply, inbound)
     queued = False
     try:
         with db.transaction() as session:

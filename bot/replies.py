@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
 
 from bot.wire import cdata
 
@@ -50,6 +53,15 @@ class TransferReply:
 
 
 Reply = NoReply | TextReply | ImageReply | NewsReply | TransferReply
+
+
+@dataclass(frozen=True)
+class ReadAnswer:
+    """A reply computed from a read-only snapshot (no dedup row: nothing to protect, a retry recomputes
+    it). ``follow_up``, if any, is bookkeeping the endpoint writes in a short transaction afterwards."""
+
+    reply: Reply
+    follow_up: Callable[[Session], None] | None = None
 
 
 def _head(to_user: str, from_user: str, create_time: int, msg_type: str) -> str:

@@ -6,11 +6,14 @@ is a staff command tried by someone who is not staff — who gets the same answe
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 
+from sqlalchemy import bindparam, exists, or_, select, update
 from sqlalchemy.orm import Session
 
-from bot.replies import NoReply, Reply, TextReply
+from bot.menu import CONTACT_SERVICE, MY_BILLS, PAY_HELP
+from bot.replies import NoReply, ReadAnswer, Reply, TextReply
 from bot.wire import Inbound
 from db import utcnow
 from handlers import customer, staff, staff_money, staff_refund
@@ -18,6 +21,7 @@ from handlers.context import Ctx, identify
 from handlers.grammar import ROLE_LABELS, Audience, Command, Parsed, help_text, parse, usage_text
 from handlers.identity import bind_staff
 from payments.errors import DomainError
+from payments.models import Customer, Staff
 
 Handler = Callable[[Ctx, tuple[str, ...]], Reply]
 
@@ -57,6 +61,64 @@ def route(session: Session, inbound: Inbound) -> Reply:
     if inbound.msg_type != "text":
         return TextReply(ONLY_TEXT)
     return _on_text(ctx)
+
+
+# Customer commands and menu clicks that only read. They are answered from a read-only snapshot with
+# no dedup row and no write transaction: there is no side effect for the dedup row to protect, and a
+# retried push recomputes the same answer. Staff commands are audited (a write) and strangers have no
+# customer row to carry the 48-hour window: both take the write path (``route``).
+READ_ONLY_COMMANDS = frozenset({"my_bills", "pay", "receipts", "help", "human"})
+READ_ONLY_CLICKS = frozenset({MY_BILLS, PAY_HELP, CONTACT_SERVICE})
+# The 48-hour window marker is rewritten only once it is this old: the window may close this much
+# early (never late), and a customer reading their bills rarely writes at all.
+WINDOW_REFRESH = dt.timedelta(minutes=5)
+# Who is writing, in one round trip and built once: the customer row, and whether the openid is staff.
+_IS_STAFF = exists().where(Staff.openid == bindparam("openid"), Staff.active.is_(True)).label("is_staff")
+_SENDER = select(Customer, _IS_STAFF).where(Customer.openid == bindparam("openid"))
+
+
+def read_only(session: Session, inbound: Inbound) -> ReadAnswer | None:
+    """The answer to a read-only customer message, or None when the push needs ``route``."""
+    parsed = parse(inbound.content, Audience.customer) if inbound.msg_type == "text" else None
+    if parsed is not None and parsed.command.key not in READ_ONLY_COMMANDS:
+        return None
+    click = inbound.msg_type == "event" and inbound.event == "click" and inbound.event_key in READ_ONLY_CLICKS
+    if parsed is None and not click:
+        return None
+    found = session.execute(_SENDER, {"openid": inbound.openid}).one_or_none()
+    if found is None or found.is_staff:
+        return None
+    ctx = Ctx(session, inbound, None, found.Customer)
+    if parsed is None:
+        reply = _read_safely(lambda: customer.on_click(ctx))
+    elif len(parsed.args) < parsed.command.min_args:
+        reply = TextReply(usage_text(parsed.command))
+    else:
+        reply = _read_safely(lambda: CUSTOMER[parsed.command.key](ctx, parsed.args))
+    return ReadAnswer(reply, _window_refresh(ctx.customer))
+
+
+route.read_only = read_only  # type: ignore[attr-defined]  # the endpoint's read-only fast path
+
+
+def _read_safely(call: Callable[[], Reply]) -> Reply:
+    try:
+        return call()
+    except DomainError as exc:  # nothing was written, so no savepoint to roll back
+        return TextReply(exc.message)
+
+
+def _window_refresh(found: Customer) -> Callable[[Session], None] | None:
+    now = utcnow()
+    if found.last_message_at is not None and now - found.last_message_at < WINDOW_REFRESH:
+        return None
+    customer_id = found.id
+
+    def write(session: Session) -> None:  # never moves the marker backwards
+        stale = or_(Customer.last_message_at.is_(None), Customer.last_message_at < now)
+        session.execute(update(Customer).where(Customer.id == customer_id, stale).values(last_message_at=now))
+
+    return write
 
 
 def _on_text(ctx: Ctx) -> Reply:
