@@ -151,7 +151,9 @@ def worker_command(list_only: bool) -> None:
     if list_only:
         return
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        from observability import configure_logging
+
+        configure_logging()  # JSON lines with masked openids and secrets, as the web workers log
     blocking = BlockingScheduler(timezone="Asia/Shanghai")
 
     def _stop(signum: int, _frame: object) -> None:
