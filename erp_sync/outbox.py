@@ -14,9 +14,9 @@ import secrets
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
+from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Table, Text, UniqueConstraint, insert, text
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
 from db import CHINA_TZ, Base, UTCDateTime, utcnow
@@ -144,6 +144,10 @@ registry = SubscriberRegistry()
 registry.register("erp", ERP_TOPICS)
 
 
+_EVENTS = cast(Table, OutboxEvent.__table__)
+_DELIVERIES = cast(Table, OutboxDelivery.__table__)
+
+
 def new_event_id() -> str:
     return "evt_" + secrets.token_hex(12)
 
@@ -169,26 +173,25 @@ def emit(
             bill.seq += 1
             seq = bill.seq
         bill_view = bill.webhook_view()
-    event = OutboxEvent(
-        id=new_event_id(),
-        topic=str(topic),
-        bill_id=bill.id if bill is not None else None,
-        seq=seq,
-        created_at=now,
-        payload={
-            "id": "",
-            "type": str(topic),
-            "created_at": now.astimezone(CHINA_TZ).isoformat(timespec="seconds"),
-            "bill": bill_view,
-            "data": dict(data),
-        },
-    )
-    event.payload["id"] = event.id
-    session.add(event)
-    for name in registry.for_topic(str(topic)):
-        session.add(
-            OutboxDelivery(
-                event_id=event.id, subscriber=name, bill_id=event.bill_id, seq=seq, next_attempt_at=now
-            )
-        )
-    return event
+    event_id = new_event_id()
+    payload = {
+        "id": event_id,
+        "type": str(topic),
+        "created_at": now.astimezone(CHINA_TZ).isoformat(timespec="seconds"),
+        "bill": bill_view,
+        "data": dict(data),
+    }
+    bill_id = bill.id if bill is not None else None
+    # Plain INSERTs on the session's connection (no unit of work: this runs on every payment's hot
+    # path). The bill row, if any, is already in the database (callers flush it before emitting).
+    event_row = {"id": event_id, "topic": str(topic), "bill_id": bill_id, "seq": seq, "payload": payload,
+                 "created_at": now}
+    session.execute(insert(_EVENTS), event_row)
+    deliveries = [
+        {"event_id": event_id, "subscriber": name, "bill_id": bill_id, "seq": seq, "status": "pending",
+         "attempts": 0, "next_attempt_at": now, "created_at": now}
+        for name in registry.for_topic(str(topic))
+    ]
+    if deliveries:
+        session.execute(insert(_DELIVERIES), deliveries)
+    return OutboxEvent(**event_row)  # a detached copy of what was written, for the caller to read

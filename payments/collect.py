@@ -8,9 +8,10 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import BindParameter
 
 from db import CHINA_TZ, utcnow
 from erp_sync.outbox import Topic, emit
@@ -149,30 +150,20 @@ def apply_wechat_payment(
     """
     detail = {"facts": _facts_view(facts)}
     if facts.appid != appid or facts.mchid != mchid:
-        if _payment_by_transaction(session, facts.transaction_id) is not None:
+        if _paid_already(session, facts.transaction_id):
             return PaymentResult(Outcome.duplicate)
         return _anomaly_result(session, AnomalyKind.merchant_mismatch, facts, None, detail)
     # Lock the bill through its attempt in one statement, then read the attempt and look for the
     # payment under that lock: a concurrent delivery of the same notification waits here and then
     # finds the Payment the first one committed.
-    bill = session.execute(
-        select(Bill)
-        .join(PaymentAttempt, PaymentAttempt.bill_id == Bill.id)
-        .where(PaymentAttempt.out_trade_no == facts.out_trade_no)
-        .with_for_update(of=Bill)
-        .execution_options(populate_existing=True)
-    ).scalar_one_or_none()
+    bill = session.execute(_LOCK_BILL_OF_ORDER, {"out_trade_no": facts.out_trade_no}).scalar_one_or_none()
     if bill is None:
-        if _payment_by_transaction(session, facts.transaction_id) is not None:
+        if _paid_already(session, facts.transaction_id):
             return PaymentResult(Outcome.duplicate)
         return _anomaly_result(session, AnomalyKind.unknown_order, facts, None, detail)
-    if _payment_by_transaction(session, facts.transaction_id) is not None:
+    if _paid_already(session, facts.transaction_id):
         return PaymentResult(Outcome.duplicate)
-    attempt = session.execute(
-        select(PaymentAttempt)
-        .where(PaymentAttempt.out_trade_no == facts.out_trade_no)
-        .execution_options(populate_existing=True)
-    ).scalar_one()
+    attempt = session.execute(_ATTEMPT_OF_ORDER, {"out_trade_no": facts.out_trade_no}).scalar_one()
     if facts.amount_fen != attempt.amount_fen or attempt.status not in (
         AttemptStatus.pending,
         AttemptStatus.closed,
@@ -211,10 +202,28 @@ def apply_wechat_payment(
     return PaymentResult(Outcome.applied, payment)
 
 
-def _payment_by_transaction(session: Session, transaction_id: str) -> Payment | None:
-    return session.execute(
-        select(Payment).where(Payment.transaction_id == transaction_id)
-    ).scalar_one_or_none()
+# Built once: every notification runs these. (The UPDATE in _close_others_if_paid is built per call:
+# with its values as bound parameters, the ORM could not bring the attempts this session holds up to date.)
+_ORDER: BindParameter[str] = bindparam("out_trade_no")
+_LOCK_BILL_OF_ORDER = (
+    select(Bill)
+    .join(PaymentAttempt, PaymentAttempt.bill_id == Bill.id)
+    .where(PaymentAttempt.out_trade_no == _ORDER)
+    .with_for_update(of=Bill)
+    .execution_options(populate_existing=True)
+)
+_ATTEMPT_OF_ORDER = (
+    select(PaymentAttempt)
+    .where(PaymentAttempt.out_trade_no == _ORDER)
+    .execution_options(populate_existing=True)
+)
+_PAID_BY_TRANSACTION = select(Payment.id).where(Payment.transaction_id == bindparam("transaction_id"))
+
+
+def _paid_already(session: Session, transaction_id: str) -> bool:
+    """A Payment for this WeChat transaction exists (looked up by id only: no object is loaded)."""
+    found = session.execute(_PAID_BY_TRANSACTION, {"transaction_id": transaction_id}).first()
+    return found is not None
 
 
 def _close_others_if_paid(

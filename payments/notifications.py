@@ -5,9 +5,9 @@ at once). The decrypted resource is kept too, so finance can see what WeChat sai
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import JSON, Integer, String, Text, select
+from sqlalchemy import JSON, Integer, String, Table, Text, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -29,6 +29,9 @@ class PaymentNotification(Base):
     deliveries: Mapped[int] = mapped_column(Integer, default=1)
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     processed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+_TABLE = cast(Table, PaymentNotification.__table__)
 
 
 def store_notification(
@@ -59,10 +62,10 @@ def store_notification(
         "received_at": now,
     }
     inserted = session.execute(
-        insert(PaymentNotification)
+        insert(_TABLE)  # the Table, not the entity: a plain INSERT, no ORM bulk-insert machinery
         .values(**row)
         .on_conflict_do_nothing(index_elements=["event_id"])
-        .returning(PaymentNotification.id)
+        .returning(_TABLE.c.id)
     ).first()
     if inserted is not None:
         return None
@@ -75,10 +78,9 @@ def store_notification(
 
 def mark_processed(session: Session, event_id: str, outcome: str) -> None:
     """Record the first outcome; a concurrent copy that found the payment already there ("duplicate")
-    never overwrites what the delivery that applied it wrote."""
-    notification = session.execute(
-        select(PaymentNotification).where(PaymentNotification.event_id == event_id)
-    ).scalar_one()
-    if notification.outcome is None:
-        notification.outcome = outcome
-        notification.processed_at = utcnow()
+    never overwrites what the delivery that applied it wrote. One UPDATE, no read-back."""
+    session.execute(
+        update(_TABLE)
+        .where(_TABLE.c.event_id == event_id, _TABLE.c.outcome.is_(None))
+        .values(outcome=outcome, processed_at=utcnow())
+    )
