@@ -47,7 +47,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     app.extensions["renopay.links"] = Links(
         settings.secret_key, settings.public_base_url, settings.pay_link_ttl_days
     )
-    observability.init_app(app, settings.redis_url)
+    observability.init_app(app, settings.redis_url, settings.wechat_app_id)
     app.add_url_rule("/healthz", "healthz", _healthz)
     _register_cli(app)
     _register_features(app, settings)

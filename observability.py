@@ -68,9 +68,9 @@ def configure_logging(level: str = "INFO") -> None:
 class Counters:
     """Labelled counters; in Redis (shared by every process) or in memory."""
 
-    KEY = "renopay:metrics"
-
-    def __init__(self, redis_url: str | None = None):
+    def __init__(self, redis_url: str | None = None, namespace: str = ""):
+        # One hash per Official Account, so deployments sharing a Redis never mix their counters.
+        self.key = f"renopay:metrics:{namespace}" if namespace else "renopay:metrics"
         self._lock = threading.Lock()
         self._local: Counter[str] = Counter()
         self._redis: Any = None
@@ -87,7 +87,7 @@ class Counters:
         key = self._key(name, labels)
         if self._redis is not None:
             try:
-                self._redis.hincrby(self.KEY, key, amount)
+                self._redis.hincrby(self.key, key, amount)
                 return
             except Exception:  # metrics must never break a payment; fall back to this process
                 logging.getLogger(__name__).debug("metrics: redis unavailable", exc_info=True)
@@ -98,7 +98,7 @@ class Counters:
         merged: Counter[str] = Counter()
         if self._redis is not None:
             try:
-                merged.update({k.decode(): int(v) for k, v in self._redis.hgetall(self.KEY).items()})
+                merged.update({k.decode(): int(v) for k, v in self._redis.hgetall(self.key).items()})
             except Exception:  # scrape what this process has
                 logging.getLogger(__name__).debug("metrics: redis unavailable", exc_info=True)
         with self._lock:
@@ -196,10 +196,10 @@ def render_metrics(app: Flask) -> str:
     return "\n".join(lines) + "\n"
 
 
-def init_app(app: Flask, redis_url: str | None = None) -> None:
+def init_app(app: Flask, redis_url: str | None = None, namespace: str = "") -> None:
     global _counters
     if redis_url:
-        _counters = Counters(redis_url)
+        _counters = Counters(redis_url, namespace)
 
     @app.before_request
     def _start() -> None:

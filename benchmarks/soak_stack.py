@@ -70,13 +70,14 @@ def drop_database(url: str) -> None:
         engine.dispose()
 
 
-def clear_redis(url: str) -> int:
-    """Delete our keys only (``renopay:*``) in the soak's Redis database."""
+def clear_redis(url: str, app_id: str) -> int:
+    """Delete this run's keys only (token and metrics keys carry the sandbox account's app id), so
+    another RenoPay sharing the Redis — or a second soak — is left alone."""
     import redis
 
     client = redis.Redis.from_url(url, socket_timeout=2)
     try:
-        keys = list(client.scan_iter("renopay:*", count=500))
+        keys = list(client.scan_iter(f"renopay:*{app_id}*", count=500))
         return int(client.delete(*keys)) if keys else 0
     finally:
         client.close()
@@ -98,6 +99,7 @@ class Stack:
     tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="renopay-soak-")))
     procs: dict[str, Proc] = field(default_factory=dict)
     database_url: str = ""
+    app_id: str = ""
     web_port: int = 0
     pay_port: int = 0
     wx_port: int = 0
@@ -153,8 +155,9 @@ class Stack:
         self.erp_url = erp_url
         self.web_port, self.pay_port, self.wx_port = free_port(), free_port(), free_port()
         self.database_url = create_database(self.pg_server)
-        clear_redis(self.redis_url)
         creds = keys.ensure(self.instance / "sandbox")
+        self.app_id = creds.app_id
+        clear_redis(self.redis_url, self.app_id)
         self.run_cli("db", "upgrade")
         py, sandbox_dir = str(BIN / "python"), str(self.instance / "sandbox")
         self.spawn("wechatpay", [py, "-m", "sandbox.wechatpay", "--port", str(self.pay_port),
@@ -246,7 +249,8 @@ class Stack:
             except Exception as exc:  # report, but keep stopping the rest
                 print(f"soak: could not drop {self.database_url}: {exc}")
         try:
-            clear_redis(self.redis_url)
+            if self.app_id:
+                clear_redis(self.redis_url, self.app_id)
         except Exception as exc:
             print(f"soak: could not clear Redis keys: {exc}")
         if not keep_files:
