@@ -9,7 +9,6 @@ killed by group on ``stop()``, whatever happened before.
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -21,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+
+from tests.fixtures.database import create_pg_database, drop_pg_database
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = ROOT / ".venv" / "bin"
@@ -46,28 +45,6 @@ def wait_http(url: str, timeout: float = 40.0) -> None:
             pass
         time.sleep(0.2)
     raise RuntimeError(f"{url} did not come up within {timeout:.0f} s")
-
-
-def create_database(server_url: str) -> str:
-    admin = make_url(server_url).set(database="postgres")
-    name = "renopay_soak_" + secrets.token_hex(4)
-    engine = create_engine(admin, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    finally:
-        engine.dispose()
-    return admin.set(database=name).render_as_string(hide_password=False)
-
-
-def drop_database(url: str) -> None:
-    parsed = make_url(url)
-    engine = create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)'))
-    finally:
-        engine.dispose()
 
 
 def clear_redis(url: str, app_id: str) -> int:
@@ -154,7 +131,7 @@ class Stack:
 
         self.erp_url = erp_url
         self.web_port, self.pay_port, self.wx_port = free_port(), free_port(), free_port()
-        self.database_url = create_database(self.pg_server)
+        self.database_url = create_pg_database(self.pg_server, prefix="renopay_soak_")
         creds = keys.ensure(self.instance / "sandbox")
         self.app_id = creds.app_id
         clear_redis(self.redis_url, self.app_id)
@@ -245,7 +222,7 @@ class Stack:
                 self._stop_group(self.procs[name])
         if self.database_url:
             try:
-                drop_database(self.database_url)
+                drop_pg_database(self.database_url)
             except Exception as exc:  # report, but keep stopping the rest
                 print(f"soak: could not drop {self.database_url}: {exc}")
         try:
