@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
+from typing import Any, cast
 
-from sqlalchemy import Integer, String
+from sqlalchemy import Integer, String, Table, bindparam
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -24,13 +25,24 @@ class Counter(Base):
     value: Mapped[int] = mapped_column(Integer, default=0)
 
 
+def _bump_statement(dialect: str) -> Any:
+    """The counter upsert, built once per dialect against the table (a Core statement with a bound
+    name: SQLAlchemy caches its compiled form, and no ORM bookkeeping runs on the hot path)."""
+    table = cast(Table, Counter.__table__)
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    upsert = insert(table).values(name=bindparam("counter_name"), value=1)
+    bump = upsert.on_conflict_do_update(index_elements=["name"], set_={"value": table.c.value + 1})
+    return bump.returning(table.c.value)
+
+
+_BUMP = {dialect: _bump_statement(dialect) for dialect in ("postgresql", "sqlite")}
+
+
 def next_value(session: Session, name: str) -> int:
     """Bump and return a named counter in one statement (an upsert that locks the counter row
     until the caller's transaction ends, so numbers are unique and gapless per commit order)."""
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    upsert = insert(Counter).values(name=name, value=1)
-    bump = upsert.on_conflict_do_update(index_elements=["name"], set_={"value": Counter.value + 1})
-    return int(session.execute(bump.returning(Counter.value)).scalar_one())
+    dialect = session.get_bind().dialect.name
+    return int(session.connection().execute(_BUMP[dialect], {"counter_name": name}).scalar_one())
 
 
 def _month(now: dt.datetime) -> str:
