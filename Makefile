@@ -4,6 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 5000
+# Where WeChat (and, in sandbox mode, the in-process stand-ins) reach this server; follows HOST/PORT
+# unless set in the environment.
+PUBLIC_BASE_URL ?= http://$(HOST):$(PORT)
 
 .PHONY: run test lint worker clean-sandbox
 
@@ -23,7 +26,7 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 ## mode when no WeChat credentials are configured), with the scheduler in-process (flask run starts it).
 run: $(VENV)/.installed-run
 	$(BIN)/flask --app app db upgrade
-	$(BIN)/flask --app app run --host $(HOST) --port $(PORT) --no-reload --with-threads
+	PUBLIC_BASE_URL=$(PUBLIC_BASE_URL) $(BIN)/flask --app app run --host $(HOST) --port $(PORT) --no-reload --with-threads
 
 ## make test: the whole suite (SQLite unless DATABASE_URL names PostgreSQL).
 test: $(VENV)/.installed-test
