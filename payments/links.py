@@ -7,9 +7,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import time
 from dataclasses import dataclass
 
-from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from itsdangerous import BadSignature, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
 
 _PAY_SALT = "renopay.pay-link"
 _RECEIPT_SALT = "renopay.receipt-link"
@@ -23,10 +24,19 @@ class LinkInvalid(Exception):
         super().__init__("expired" if expired else "invalid")
 
 
+class _DaySigner(TimestampSigner):
+    """Stamps tokens with the start of the current UTC day, not the second: a bill's link is the same
+    string all day (idempotent API answers and repeated notices carry identical links), and a link
+    lives between ``pay_ttl_days`` and one day more."""
+
+    def get_timestamp(self) -> int:
+        return int(time.time()) // 86_400 * 86_400
+
+
 @functools.lru_cache(maxsize=16)
 def _serializer(secret_key: str, salt: str) -> URLSafeTimedSerializer:
     """Serializers are immutable; building one per link was a measurable share of a bill list."""
-    return URLSafeTimedSerializer(secret_key, salt=salt)
+    return URLSafeTimedSerializer(secret_key, salt=salt, signer=_DaySigner)
 
 
 @dataclass(frozen=True)
