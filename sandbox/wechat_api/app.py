@@ -82,6 +82,18 @@ def _check_access_token() -> Response | None:
     return err(code) if code else None
 
 
+def _authed_json() -> tuple[dict[str, Any], Response | None]:
+    """The preamble of every JSON API call: a valid access_token (40001/41001/42001), then a JSON
+    object body (47001)."""
+    problem = _check_access_token()
+    if problem:
+        return {}, problem
+    body = _json_body()
+    if body is None:
+        return {}, err(47001)
+    return body, None
+
+
 def _base_url() -> str:
     return request.host_url.rstrip("/") + request.script_root
 
@@ -186,12 +198,9 @@ def create_app(credentials: SandboxCredentials, *, push_target: str | None = Non
 
     @app.post("/cgi-bin/message/template/send")
     def template_send() -> Response:
-        problem = _check_access_token()
+        body, problem = _authed_json()
         if problem:
             return problem
-        body = _json_body()
-        if body is None:
-            return err(47001)
         template_id = body.get("template_id")
         if not isinstance(template_id, str) or not template_id or (
             st.known_templates is not None and template_id not in st.known_templates
@@ -220,12 +229,9 @@ def create_app(credentials: SandboxCredentials, *, push_target: str | None = Non
 
     @app.post("/cgi-bin/message/custom/send")
     def custom_send() -> Response:
-        problem = _check_access_token()
+        body, problem = _authed_json()
         if problem:
             return problem
-        body = _json_body()
-        if body is None:
-            return err(47001)
         msgtype = body.get("msgtype")
         if msgtype not in _CUSTOM_TYPES:
             return err(40008)
@@ -294,12 +300,9 @@ def create_app(credentials: SandboxCredentials, *, push_target: str | None = Non
 
     @app.post("/cgi-bin/qrcode/create")
     def qrcode_create() -> Response:
-        problem = _check_access_token()
+        body, problem = _authed_json()
         if problem:
             return problem
-        body = _json_body()
-        if body is None:
-            return err(47001)
         action = body.get("action_name")
         info = body.get("action_info")
         scene_info = info.get("scene") if isinstance(info, dict) else None
@@ -366,12 +369,9 @@ def create_app(credentials: SandboxCredentials, *, push_target: str | None = Non
 
     @app.post("/cgi-bin/menu/create")
     def menu_create() -> Response:
-        problem = _check_access_token()
+        body, problem = _authed_json()
         if problem:
             return problem
-        body = _json_body()
-        if body is None:
-            return err(47001)
         buttons = body.get("button")
         if not isinstance(buttons, list) or not 1 <= len(buttons) <= 3:
             return err(40016)
