@@ -3,11 +3,16 @@
 SQLite is the embedded default; it has no row locks, so every transaction starts with
 ``BEGIN IMMEDIATE``: writers are serialised by the database file lock, which gives the same
 "one transition at a time per bill" guarantee that ``SELECT … FOR UPDATE`` gives on PostgreSQL.
+Writers queue for that lock on a kernel lock first (``WriterLock``), not in SQLite's busy handler.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
+import os
+import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -81,15 +86,79 @@ def build_engine(url: str, **kwargs: Any) -> Engine:
     return engine
 
 
+class WriterLock:
+    """Queues the writers of one SQLite file, across threads and processes, before BEGIN IMMEDIATE.
+
+    SQLite's busy handler polls: a writer that finds the file locked sleeps (1, 2, 5 … up to 100 ms)
+    and tries again, so under contention the lock sits idle while its waiters sleep, and a write
+    can wait tens of milliseconds behind one that took a millisecond. Here a thread takes this
+    process's mutex, then an exclusive ``flock`` on ``<database>-writer.lock``; the kernel hands the
+    lock to the next process the moment it is released. Re-entrant per thread (a nested unit of
+    work keeps the outer one's lock). Writers that bypass it (migrations, other tools) still meet
+    BEGIN IMMEDIATE and the busy timeout, so correctness never depends on it.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._reset()
+        _WRITER_LOCKS.add(self)
+
+    def _reset(self) -> None:
+        """Fresh state, also in a forked child: a copied mutex may be held by a thread that does not
+        exist there, and a copied file descriptor would share the parent's flock."""
+        self._mutex = threading.Lock()
+        self._local = threading.local()
+        self._fd: int | None = None
+
+    def _file(self) -> int:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        return self._fd
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        depth = getattr(self._local, "depth", 0)
+        if depth:
+            self._local.depth = depth + 1
+            try:
+                yield
+            finally:
+                self._local.depth = depth
+            return
+        with self._mutex:
+            fd = self._file()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._local.depth = 1
+            try:
+                yield
+            finally:
+                self._local.depth = 0
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+_WRITER_LOCKS: weakref.WeakSet[WriterLock] = weakref.WeakSet()
+
+
+def _reset_writer_locks_after_fork() -> None:
+    for lock in list(_WRITER_LOCKS):
+        lock._reset()
+
+
+os.register_at_fork(after_in_child=_reset_writer_locks_after_fork)
+
+
 @dataclass
 class Database:
     engine: Engine
     session_factory: sessionmaker[Session]
+    writer_lock: WriterLock | None = None
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> Database:
         engine = build_engine(url, **kwargs)
-        return cls(engine, sessionmaker(engine, expire_on_commit=False))
+        database = make_url(engine.url).database if engine.dialect.name == "sqlite" else None
+        lock = WriterLock(f"{database}-writer.lock") if database and database != ":memory:" else None
+        return cls(engine, sessionmaker(engine, expire_on_commit=False), lock)
 
     @cached_property
     def _read_engine(self) -> Engine:
@@ -111,7 +180,15 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        """Unit of work: commits when the block succeeds, rolls back otherwise."""
+        """Unit of work: commits when the block succeeds, rolls back otherwise. On a SQLite file,
+        the block runs holding the writer lock (keep anything slow, like HTTP, outside it)."""
+        if self.writer_lock is None:
+            yield from self._unit_of_work()
+            return
+        with self.writer_lock.held():
+            yield from self._unit_of_work()
+
+    def _unit_of_work(self) -> Iterator[Session]:
         session = self.session_factory()
         try:
             yield session
