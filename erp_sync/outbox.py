@@ -146,6 +146,8 @@ registry.register("erp", ERP_TOPICS)
 
 _EVENTS = cast(Table, OutboxEvent.__table__)
 _DELIVERIES = cast(Table, OutboxDelivery.__table__)
+_INSERT_EVENT = insert(_EVENTS)  # built once: every payment's hot path runs these
+_INSERT_DELIVERIES = insert(_DELIVERIES)
 
 
 def new_event_id() -> str:
@@ -186,12 +188,12 @@ def emit(
     # path). The bill row, if any, is already in the database (callers flush it before emitting).
     event_row = {"id": event_id, "topic": str(topic), "bill_id": bill_id, "seq": seq, "payload": payload,
                  "created_at": now}
-    session.execute(insert(_EVENTS), event_row)
+    session.execute(_INSERT_EVENT, event_row)
     deliveries = [
         {"event_id": event_id, "subscriber": name, "bill_id": bill_id, "seq": seq, "status": "pending",
          "attempts": 0, "next_attempt_at": now, "created_at": now}
         for name in registry.for_topic(str(topic))
     ]
     if deliveries:
-        session.execute(insert(_DELIVERIES), deliveries)
+        session.execute(_INSERT_DELIVERIES, deliveries)
     return OutboxEvent(**event_row)  # a detached copy of what was written, for the caller to read

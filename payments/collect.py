@@ -4,7 +4,6 @@ and anomalies (money that arrived but cannot be applied normally — recorded, n
 from __future__ import annotations
 
 import datetime as dt
-import enum
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,8 +12,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import BindParameter
 
-from db import CHINA_TZ, utcnow
+from db import utcnow
 from erp_sync.outbox import Topic, emit
+from payments.applying import (
+    Outcome,
+    PaymentResult,
+    WeChatPaymentFacts,
+    apply_fitting_payment,
+    payment_data,
+    payment_view,
+)
 from payments.bills import bill_event_data, lock_bill
 from payments.errors import AmountBelowMinimum, InvalidAmount, InvalidInput
 from payments.models import (
@@ -111,33 +118,6 @@ def fail_attempt(session: Session, attempt_id: int, *, reason: str) -> PaymentAt
     return attempt
 
 
-class Outcome(enum.StrEnum):
-    applied = "applied"
-    duplicate = "duplicate"
-    anomaly = "anomaly"
-
-
-@dataclass(frozen=True)
-class WeChatPaymentFacts:
-    """What a verified, decrypted WeChat notification (or query) says about a paid order."""
-
-    out_trade_no: str
-    transaction_id: str
-    amount_fen: int
-    appid: str
-    mchid: str
-    success_time: dt.datetime
-    payer_openid: str | None = None
-    trade_type: str | None = None
-
-
-@dataclass(frozen=True)
-class PaymentResult:
-    outcome: Outcome
-    payment: Payment | None = None
-    anomaly: PaymentAnomaly | None = None
-
-
 def apply_wechat_payment(
     session: Session, facts: WeChatPaymentFacts, *, appid: str, mchid: str
 ) -> PaymentResult:
@@ -153,6 +133,9 @@ def apply_wechat_payment(
         if _paid_already(session, facts.transaction_id):
             return PaymentResult(Outcome.duplicate)
         return _anomaly_result(session, AnomalyKind.merchant_mismatch, facts, None, detail)
+    fitting = apply_fitting_payment(session, facts)  # the common case, in a few Core statements
+    if fitting is not None:
+        return fitting
     # Lock the bill through its attempt in one statement, then read the attempt and look for the
     # payment under that lock: a concurrent delivery of the same notification waits here and then
     # finds the Payment the first one committed.
@@ -190,7 +173,7 @@ def apply_wechat_payment(
     session.flush()
     if applied:
         bill.apply_payment(applied)
-        emit(session, Topic.payment_succeeded, bill=bill, data=_payment_data(bill, payment, attempt, late))
+        emit(session, Topic.payment_succeeded, bill=bill, data=payment_data(bill, payment, attempt, late))
         _close_others_if_paid(session, bill, attempt, facts.success_time)
     if payment.excess_fen:
         kind = AnomalyKind.overpayment if bill.status in PAYABLE | {BillStatus.paid} else (
@@ -258,23 +241,6 @@ def _queue_excess_refund(session: Session, payment: Payment) -> None:
         reason="超额付款自动退回",
         source="auto",
     )
-
-
-def payment_view(payment: Payment, attempt: PaymentAttempt | None = None) -> dict[str, Any]:
-    return {
-        "receipt_no": payment.receipt_no,
-        "method": str(payment.method),
-        "amount_fen": payment.amount_fen,
-        "applied_fen": payment.applied_fen,
-        "transaction_id": payment.transaction_id,
-        "out_trade_no": attempt.out_trade_no if attempt else None,
-        "paid_at": payment.paid_at.astimezone(CHINA_TZ).isoformat(timespec="seconds"),
-        "note": payment.note,
-    }
-
-
-def _payment_data(bill: Bill, payment: Payment, attempt: PaymentAttempt | None, late: bool) -> dict[str, Any]:
-    return bill_event_data(bill, payment=payment_view(payment, attempt), late=late)
 
 
 def _facts_view(facts: WeChatPaymentFacts) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, cast
 
-from sqlalchemy import JSON, Integer, String, Table, Text, select, update
+from sqlalchemy import JSON, Integer, String, Table, Text, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -34,6 +34,39 @@ class PaymentNotification(Base):
 _TABLE = cast(Table, PaymentNotification.__table__)
 
 
+def _insert_statement(dialect: str) -> Any:
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    return (  # the Table, not the entity: a plain INSERT, no ORM bulk-insert machinery
+        insert(_TABLE).on_conflict_do_nothing(index_elements=["event_id"]).returning(_TABLE.c.id)
+    )
+
+
+def _record_statement(dialect: str) -> Any:
+    insert = (pg_insert if dialect == "postgresql" else sqlite_insert)(_TABLE)
+    return insert.on_conflict_do_update(
+        index_elements=["event_id"],
+        set_={
+            "deliveries": _TABLE.c.deliveries + 1,
+            "outcome": func.coalesce(_TABLE.c.outcome, insert.excluded.outcome),
+            "processed_at": func.coalesce(_TABLE.c.processed_at, insert.excluded.processed_at),
+        },
+    )
+
+
+# Built once (every notification runs these): SQLAlchemy reuses their compiled form.
+_INSERT = {dialect: _insert_statement(dialect) for dialect in ("postgresql", "sqlite")}
+_RECORD = {dialect: _record_statement(dialect) for dialect in ("postgresql", "sqlite")}
+_FIND = select(_TABLE.c.id, _TABLE.c.outcome).where(_TABLE.c.event_id == bindparam("known_event_id"))
+_REDELIVERED = (
+    update(_TABLE).where(_TABLE.c.id == bindparam("row_id")).values(deliveries=_TABLE.c.deliveries + 1)
+)
+_MARK = (
+    update(_TABLE)
+    .where(_TABLE.c.event_id == bindparam("processed_event_id"), _TABLE.c.outcome.is_(None))
+    .values(outcome=bindparam("new_outcome"), processed_at=bindparam("now"))
+)
+
+
 def store_notification(
     session: Session,
     *,
@@ -49,8 +82,6 @@ def store_notification(
     ``INSERT … ON CONFLICT DO NOTHING`` makes concurrent deliveries of one event safe on both
     databases: exactly one insert wins, the others see the row.
     """
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    now = utcnow()
     row = {
         "event_id": event_id,
         "event_type": event_type,
@@ -59,28 +90,51 @@ def store_notification(
         "body": body,
         "resource": resource,
         "deliveries": 1,
-        "received_at": now,
+        "received_at": utcnow(),
     }
-    inserted = session.execute(
-        insert(_TABLE)  # the Table, not the entity: a plain INSERT, no ORM bulk-insert machinery
-        .values(**row)
-        .on_conflict_do_nothing(index_elements=["event_id"])
-        .returning(_TABLE.c.id)
-    ).first()
+    inserted = session.execute(_INSERT[session.get_bind().dialect.name], row).first()
     if inserted is not None:
         return None
-    existing = session.execute(
-        select(PaymentNotification).where(PaymentNotification.event_id == event_id)
-    ).scalar_one()
-    existing.deliveries += 1
-    return existing.outcome
+    conn = session.connection()
+    existing = conn.execute(_FIND, {"known_event_id": event_id}).one()
+    conn.execute(_REDELIVERED, {"row_id": existing.id})
+    return cast(str | None, existing.outcome)
+
+
+def record_processed(
+    session: Session,
+    *,
+    event_id: str,
+    event_type: str,
+    channel: str,
+    reference: str | None,
+    body: str,
+    resource: dict[str, Any],
+    outcome: str,
+) -> None:
+    """Store the raw notification together with its outcome, in one statement: for callbacks whose
+    applying is itself idempotent (a payment is applied once per ``transaction_id``), so there is no
+    need to look the event up first. A redelivery (or a concurrent copy) only counts a delivery and
+    never overwrites the first outcome."""
+    now = utcnow()
+    row = {
+        "event_id": event_id,
+        "event_type": event_type,
+        "channel": channel,
+        "reference": reference,
+        "body": body,
+        "resource": resource,
+        "outcome": outcome,
+        "deliveries": 1,
+        "received_at": now,
+        "processed_at": now,
+    }
+    session.connection().execute(_RECORD[session.get_bind().dialect.name], row)
 
 
 def mark_processed(session: Session, event_id: str, outcome: str) -> None:
     """Record the first outcome; a concurrent copy that found the payment already there ("duplicate")
     never overwrites what the delivery that applied it wrote. One UPDATE, no read-back."""
-    session.execute(
-        update(_TABLE)
-        .where(_TABLE.c.event_id == event_id, _TABLE.c.outcome.is_(None))
-        .values(outcome=outcome, processed_at=utcnow())
+    session.connection().execute(
+        _MARK, {"processed_event_id": event_id, "new_outcome": outcome, "now": utcnow()}
     )

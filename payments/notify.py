@@ -21,7 +21,7 @@ from db import Database, current_db, utcnow
 from payments import services
 from payments.errors import DomainError
 from payments.models import RefundStatus
-from payments.notifications import mark_processed, store_notification
+from payments.notifications import mark_processed, record_processed, store_notification
 from payments.refund_results import settle_refund
 from payments.runtime import gateway
 from payments.wechatpay import Callback, CallbackRejected, WeChatPayGateway, parse_time
@@ -75,12 +75,16 @@ def _process(
     channel: str,
     reference: str | None,
     apply: Callable[[Session, Mapping[str, Any]], str],
+    *,
+    idempotent: bool = False,
 ) -> str:
     """Store the raw notification and apply it in ONE transaction (one commit on the hot path).
 
-    A redelivery of a processed event is answered from the stored outcome. If applying fails, the raw
-    notification is still stored, unprocessed, before the error makes us answer 500 (WeChat retries,
-    and finance can see what arrived)."""
+    A redelivery is answered with the first outcome: looked up by event id before applying, or,
+    for an ``idempotent`` apply (a payment: once per transaction_id, under the bill lock), by
+    applying again, which finds the earlier result; its raw row is then written with its outcome
+    in a single statement. If applying fails, the raw notification is still stored, unprocessed,
+    before the error makes us answer 500 (WeChat retries, and finance can see what arrived)."""
     resource = dict(callback.resource)
     row: dict[str, Any] = {
         "event_id": callback.event_id,
@@ -92,6 +96,10 @@ def _process(
     }
     try:
         with db.transaction() as session:
+            if idempotent:
+                outcome = apply(session, resource)
+                record_processed(session, **row, outcome=outcome)
+                return outcome
             earlier = store_notification(session, **row)
             if earlier is not None:
                 return "duplicate" if earlier == "applied" else earlier
@@ -113,7 +121,8 @@ def apply_transaction(db: Database, gw: WeChatPayGateway, callback: Callback, bo
         result = services.apply_wechat_payment(session, facts_from(resource), appid=gw.appid, mchid=gw.mchid)
         return str(result.outcome)
 
-    return _process(db, callback, body, "payment", callback.resource.get("out_trade_no"), apply)
+    reference = callback.resource.get("out_trade_no")
+    return _process(db, callback, body, "payment", reference, apply, idempotent=True)
 
 
 def apply_refund(db: Database, gw: WeChatPayGateway, callback: Callback, body: str) -> str:

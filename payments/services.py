@@ -4,6 +4,7 @@ One function per use case, each taking the caller's session and plain values; th
 transaction (commit or roll back), so nothing is ever half-written.
 """
 
+from payments.applying import Outcome, PaymentResult, WeChatPaymentFacts, payment_view
 from payments.bills import (
     cancel_draft,
     find_or_create_customer,
@@ -16,12 +17,8 @@ from payments.bills import (
 )
 from payments.collect import (
     AttemptStart,
-    Outcome,
-    PaymentResult,
-    WeChatPaymentFacts,
     apply_wechat_payment,
     fail_attempt,
-    payment_view,
     record_offline_payment,
     record_order_created,
     start_attempt,

@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from erp_sync.outbox import OutboxEvent
 from payments import services
-from payments.collect import Outcome
+from payments.applying import Outcome
 from payments.errors import AmountExceedsOutstanding
 from payments.models import (
     AnomalyKind,
