@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,10 +23,19 @@ class Ctx:
     inbound: Inbound
     staff: Staff | None
     customer: Customer | None
+    # The read-only path knows the sender's customer id without loading the row (``customer`` is None),
+    # and their open bills (``customer.OPEN_BILL_COLUMNS``), read with it in the same statement.
+    known_customer_id: int | None = None
+    open_bills: Sequence[Any] | None = None
 
     @property
     def openid(self) -> str:
         return self.inbound.openid
+
+    @property
+    def customer_id(self) -> int | None:
+        """The sender's customer id: from the loaded row, or as the read-only path found it."""
+        return self.customer.id if self.customer is not None else self.known_customer_id
 
     @property
     def links(self) -> Links:

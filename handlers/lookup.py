@@ -39,10 +39,10 @@ def staff_bill(session: Session, number: str, *, lock: bool = False) -> Bill:
     return services.get_bill_by_number(session, number, lock=lock)
 
 
-def own_bill(session: Session, customer: Customer | None, number: str) -> Bill:
+def own_bill(session: Session, customer_id: int | None, number: str) -> Bill:
     """A customer's own bill; someone else's bill reads exactly like a bill that does not exist."""
     bill = services.get_bill_by_number(session, number)
-    if customer is None or bill.customer_id != customer.id:
+    if customer_id is None or bill.customer_id != customer_id:
         raise BillNotFound()
     return bill
 

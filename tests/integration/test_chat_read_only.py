@@ -72,3 +72,38 @@ def test_staff_lookups_still_take_the_audited_exactly_once_path(chat: Chat) -> N
     with chat.live.db.transaction() as s:
         commands = list(s.execute(select(AuditEntry.command).where(AuditEntry.openid == sales)).scalars())
     assert commands[-1] == "show"
+
+
+def _issue(chat: Chat, staff: str, command: str) -> str:
+    chat.text(staff, command)
+    chat.text(staff, "确认")
+    return chat.bills()[-1].number
+
+
+def _listed(chat: Chat, openid: str) -> list[str]:
+    reply = chat.say(openid, "我的账单").reply
+    assert reply is not None and reply["MsgType"] == "news", reply
+    items = reply["Articles"]["item"]
+    return [item["Title"] for item in (items if isinstance(items, list) else [items])]
+
+
+def test_the_bill_list_shows_only_the_senders_open_bills_in_issue_order_and_follows_payments(
+    chat: Chat,
+) -> None:
+    sales, finance = chat.staff(StaffRole.sales), chat.staff(StaffRole.finance, "王会计")
+    customer = chat.customer(sales)
+    first = _issue(chat, sales, "开单 张三 13800138000 38000 首期款")
+    voided = _issue(chat, sales, "开单 张三 13800138000 1000 增项")
+    paid = _issue(chat, sales, "开单 张三 13800138000 500 定金")
+    last = _issue(chat, sales, "开单 张三 13800138000 20000 中期款")
+    someone_else = _issue(chat, sales, "开单 李四 13900000000 3000 尾款")
+    assert "已作废" in chat.text(sales, f"作废 {voided} 写错了")
+    chat.text(finance, f"收款 {paid} 500 现金")
+
+    titles = _listed(chat, customer)
+
+    assert [t.split()[0] for t in titles] == [first, last]
+    assert not any(n in " ".join(titles) for n in (voided, paid, someone_else))
+    assert "待付 ¥38,000.00" in titles[0]
+    chat.text(finance, f"收款 {first} 8000 转账")
+    assert "待付 ¥30,000.00" in _listed(chat, customer)[0]  # the same day's list follows the payment
