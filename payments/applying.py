@@ -178,8 +178,20 @@ def apply_fitting_payment(session: Session, facts: WeChatPaymentFacts) -> Paymen
     if facts.amount_fen != attempt.amount_fen or attempt.status not in _SUCCEEDABLE or not fits:
         return None
 
-    late, from_status, from_seq = attempt.status is AttemptStatus.closed, attempt.status, bill.seq
+    late, from_status = attempt.status is AttemptStatus.closed, attempt.status
     attempt.succeed()
+    _write_one(conn.execute(_SUCCEED_ATTEMPT, {"attempt_id": attempt.id, "from_status": from_status}))
+    bill.apply_payment(facts.amount_fen)
+    now, from_seq = utcnow(), bill.seq
+    settled = {"locked_bill_id": bill.id, "from_seq": from_seq, "new_paid_fen": bill.paid_fen,
+               "new_status": bill.status, "new_seq": from_seq + 1, "now": now}  # the event's seq, below
+    _write_one(conn.execute(_SETTLE_BILL, settled))
+    if bill.status is BillStatus.paid and current.others_pending:
+        conn.execute(_CLOSE_OTHER_ATTEMPTS, {"paid_bill_id": bill.id, "paid_attempt_id": attempt.id,
+                                             "now": facts.success_time})
+    # The receipt counter is the one row every payment locks (numbers are gapless in commit order):
+    # it is bumped last, so concurrent payments of different bills queue on it only for the inserts
+    # below and the commit.
     payment = Payment(
         bill_id=bill.id,
         attempt_id=attempt.id,
@@ -191,21 +203,14 @@ def apply_fitting_payment(session: Session, facts: WeChatPaymentFacts) -> Paymen
         receipt_no=next_receipt_number(session, facts.success_time),
         payer_openid=facts.payer_openid,
         paid_at=facts.success_time,
-        created_at=utcnow(),
+        created_at=now,
     )
     row = {column: getattr(payment, column) for column in _PAYMENT_COLUMNS}
     payment.id = conn.execute(_INSERT_PAYMENT, row).scalar_one()
-    _write_one(conn.execute(_SUCCEED_ATTEMPT, {"attempt_id": attempt.id, "from_status": from_status}))
-    bill.apply_payment(facts.amount_fen)
-    now = utcnow()
     data = payment_data(bill, payment, attempt, late)
     emit(session, Topic.payment_succeeded, bill=bill, data=data, now=now)  # bumps bill.seq
-    settled = {"locked_bill_id": bill.id, "from_seq": from_seq, "new_paid_fen": bill.paid_fen,
-               "new_status": bill.status, "new_seq": bill.seq, "now": now}
-    _write_one(conn.execute(_SETTLE_BILL, settled))
-    if bill.status is BillStatus.paid and current.others_pending:
-        conn.execute(_CLOSE_OTHER_ATTEMPTS, {"paid_bill_id": bill.id, "paid_attempt_id": attempt.id,
-                                             "now": facts.success_time})
+    if bill.seq != from_seq + 1:
+        raise ConcurrentChange("the event's seq is not the one written to the bill")
     if session.identity_map:  # objects the caller loaded earlier no longer match their rows
         session.expire_all()
     return PaymentResult(Outcome.applied, payment)
