@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -107,6 +108,8 @@ def test_the_receipt_looks_right_on_a_phone_and_prints_on_one_a5_page(shop: Shop
     phone.screenshot(path=str(ARTIFACTS / "receipt-phone.png"), full_page=True)
 
     pdf = tmp_path / "receipt.pdf"
+    if shutil.which("pdftoppm") is None:
+        pytest.fail("pdftoppm is missing: apt-get install -y poppler-utils")
     phone.pdf(path=str(pdf), format="A5", print_background=True, prefer_css_page_size=True)
     subprocess.run(["pdftoppm", "-png", "-r", "110", str(pdf), str(tmp_path / "a5")], check=True)
     pages = sorted(tmp_path.glob("a5*.png"))
