@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -71,7 +72,9 @@ def _head(to_user: str, from_user: str, create_time: int, msg_type: str) -> str:
     )
 
 
+@functools.lru_cache(maxsize=4096)
 def _article(a: Article) -> str:
+    """An article's XML; a pure function of the (frozen) article, so a repeated bill list reuses it."""
     return (
         f"<item><Title>{cdata(clean(a.title))}</Title><Description>{cdata(clean(a.description))}"
         f"</Description><PicUrl>{cdata(a.picurl)}</PicUrl><Url>{cdata(a.url)}</Url></item>"
