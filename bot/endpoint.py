@@ -3,7 +3,8 @@
 Order of checks for a push: ``signature`` (403, empty body) → body size (413) → XML (400) →
 ``msg_signature`` and decryption with our appid (403 / 400) → required fields (400) → dedup → router.
 Read-only customer messages (the router's ``read_only``) skip the dedup row: they are answered from a
-read snapshot, with no write transaction unless the 48-hour window marker is stale.
+read snapshot (a bare connection of ``Database.read()``'s engine), with no write transaction unless the
+48-hour window marker is stale.
 Nothing raised past this module: the answer is a 4xx, ``success`` or a reply — never a 5xx.
 """
 
@@ -14,13 +15,14 @@ import time
 from typing import Any
 
 from flask import Blueprint, Response, current_app, request
+from sqlalchemy import Engine
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from bot import dedup, notices
 from bot.replies import NoReply, ReadAnswer, Reply, TextReply, render
 from bot.wire import BadPush, BadSignature, Envelope, Inbound, parse_xml, to_inbound, verify_signature
 from config import current_settings
-from db import Database, current_db
+from db import READ_ONLY, Database, current_db
 
 log = logging.getLogger("renopay.bot")
 
@@ -28,6 +30,7 @@ BODY_CAP = 64 * 1024  # real pushes are a few KB
 ROUTER_KEY = "renopay.chat.router"
 KICKER_KEY = "renopay.chat.tasks"
 TASKS_QUEUED = "renopay.chat.tasks_queued"
+READ_ENGINE_KEY = "renopay.chat.read_engine"
 SYSTEM_BUSY = "系统繁忙，请稍后再发一次。"
 
 bp = Blueprint("wechat", __name__)
@@ -122,6 +125,17 @@ def _follow_up(db: Database, answer: ReadAnswer) -> None:
         log.warning("read-only reply: follow-up write failed", exc_info=True)
 
 
+def _read_engine(db: Database) -> Engine:
+    """The engine behind ``Database.read()`` (same pool; a deferred BEGIN on SQLite, so readers never
+    take the write lock), for a bare Core connection: the read-only path starts with one Core statement
+    and needs an ORM session only for some commands, so it doesn't pay for a Session on every push."""
+    engine: Engine | None = current_app.extensions.get(READ_ENGINE_KEY)
+    if engine is None or engine.pool is not db.engine.pool:
+        engine = db.engine.execution_options(**{READ_ONLY: True})
+        current_app.extensions[READ_ENGINE_KEY] = engine
+    return engine
+
+
 def _dispatch(inbound: Inbound) -> str | None:
     db = current_db()
     if inbound.event == "templatesendjobfinish":  # notice status only: no dedup row, router or 48 h window
@@ -131,8 +145,8 @@ def _dispatch(inbound: Inbound) -> str | None:
     read_only = getattr(router, "read_only", None)
     if read_only is not None:
         answer: ReadAnswer | None
-        with db.read() as session:
-            answer = read_only(session, inbound)
+        with _read_engine(db).connect() as connection:
+            answer = read_only(connection, inbound)
         if answer is not None:
             _follow_up(db, answer)
             return _render(answer.reply, inbound)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 
-from sqlalchemy import and_, bindparam, exists, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from bot.menu import CONTACT_SERVICE, MY_BILLS, PAY_HELP
@@ -85,26 +85,28 @@ _SENDER = (
 )
 
 
-def read_only(session: Session, inbound: Inbound) -> ReadAnswer | None:
-    """The answer to a read-only customer message, or None when the push needs ``route``."""
+def read_only(connection: Connection, inbound: Inbound) -> ReadAnswer | None:
+    """The answer to a read-only customer message, or None when the push needs ``route``. ``connection``
+    holds a read snapshot; an ORM session on it is there for the commands that load bills (支付, 收据)."""
     parsed = parse(inbound.content, Audience.customer) if inbound.msg_type == "text" else None
     if parsed is not None and parsed.command.key not in READ_ONLY_COMMANDS:
         return None
     click = inbound.msg_type == "event" and inbound.event == "click" and inbound.event_key in READ_ONLY_CLICKS
     if parsed is None and not click:
         return None
-    rows = session.connection().execute(_SENDER, {"openid": inbound.openid}).all()
+    rows = connection.execute(_SENDER, {"openid": inbound.openid}).all()
     if not rows or rows[0].is_staff:
         return None
     found = rows[0]
     bills = [row for row in rows if row.number is not None]
-    ctx = Ctx(session, inbound, None, None, known_customer_id=found.id, open_bills=bills)
-    if parsed is None:
-        reply = _read_safely(lambda: customer.on_click(ctx))
-    elif len(parsed.args) < parsed.command.min_args:
-        reply = TextReply(usage_text(parsed.command))
-    else:
-        reply = _read_safely(lambda: CUSTOMER[parsed.command.key](ctx, parsed.args))
+    with Session(bind=connection) as session:  # joins the snapshot; costs nothing until a query
+        ctx = Ctx(session, inbound, None, None, known_customer_id=found.id, open_bills=bills)
+        if parsed is None:
+            reply = _read_safely(lambda: customer.on_click(ctx))
+        elif len(parsed.args) < parsed.command.min_args:
+            reply = TextReply(usage_text(parsed.command))
+        else:
+            reply = _read_safely(lambda: CUSTOMER[parsed.command.key](ctx, parsed.args))
     return ReadAnswer(reply, _window_refresh(found.id, found.last_message_at))
 
 
