@@ -15,8 +15,8 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from xml.parsers import expat
 
-import xmltodict
 from wechatpy.crypto import PrpCrypto
 
 MAX_TEXT = 2000  # longer text cannot be a command; it is cut before it reaches the router
@@ -102,17 +102,71 @@ class Inbound:
         return f"e:{self.openid}:{self.create_time}:{self.event or self.msg_type}:{self.event_key[:64]}"
 
 
+class _Nested:
+    """The value of a child that is not plain text (attributes, child elements, or a repeated name):
+    ``to_inbound`` refuses it where a text field is expected and leaves it out of ``fields``."""
+
+
+_NESTED = _Nested()
+
+
+class _PushReader:
+    """expat callbacks that keep the children of the root ``<xml>``: ``{name: stripped text or None}``.
+    One level of dicts is all a push has; building xmltodict's general tree was most of the parse."""
+
+    __slots__ = ("attrs", "child", "depth", "fields", "root", "text")
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.root = self.child = ""
+        self.attrs = False
+        self.fields: dict[str, Any] = {}
+        self.text: list[str] = []
+
+    def start(self, name: str, attrs: list[str]) -> None:
+        self.depth += 1
+        if self.depth == 1:
+            self.root, self.attrs = name, bool(attrs)
+        elif self.depth == 2:
+            self.child, self.text = name, []
+            # A repeated name or attributes make the child structured from the start.
+            self.fields[name] = _NESTED if name in self.fields or attrs else None
+        else:
+            self.fields[self.child] = _NESTED
+
+    def end(self, name: str) -> None:
+        if self.depth == 2 and self.fields[name] is None:
+            self.fields[name] = "".join(self.text).strip() or None
+        self.depth -= 1
+
+    def characters(self, data: str) -> None:
+        if self.depth == 2:
+            self.text.append(data)
+
+
+def _refuse_entities(*_: Any) -> None:
+    raise ValueError("entity declarations are refused")
+
+
 def parse_xml(body: bytes) -> dict[str, Any]:
-    """Parse a push body; entity declarations are refused (xmltodict's default)."""
+    """Parse a push body into its fields: the text of each child of the root ``<xml>`` (stripped; None
+    when empty). Entity declarations are refused (billion laughs, XXE); undefined entities, invalid
+    UTF-8 and anything not well-formed are a BadPush."""
+    reader = _PushReader()
+    parser = expat.ParserCreate("utf-8")
+    parser.ordered_attributes = True
+    parser.buffer_text = True
+    parser.StartElementHandler = reader.start
+    parser.EndElementHandler = reader.end
+    parser.CharacterDataHandler = reader.characters
+    parser.EntityDeclHandler = _refuse_entities
     try:
-        text = body.decode("utf-8")
-        doc = xmltodict.parse(text, disable_entities=True)
+        parser.Parse(body.decode("utf-8"), True)
     except Exception as exc:  # ExpatError, UnicodeDecodeError, ValueError on entities
         raise BadPush("body is not well-formed UTF-8 XML") from exc
-    root = doc.get("xml") if isinstance(doc, dict) else None
-    if not isinstance(root, dict):
+    if reader.root != "xml" or not (reader.fields or reader.attrs):
         raise BadPush("root element is not <xml> with children")
-    return root
+    return reader.fields
 
 
 def _text(doc: dict[str, Any], name: str) -> str:

@@ -62,3 +62,32 @@ def test_dedup_keys_use_msgid_for_messages_and_sender_time_event_for_events() ->
     click_b = to_inbound(parse_xml(pc.click_event("gh", "o1", "B", create_time=5).xml().encode()))
     assert text.dedup_key == "m:77"
     assert click_a.dedup_key.startswith("e:o1:5:click") and click_a.dedup_key != click_b.dedup_key
+
+
+def test_a_push_parses_to_the_stripped_text_of_each_child_of_its_root() -> None:
+    body = "<xml><A> 1 </A><B><![CDATA[ ]]]]><![CDATA[> ]]>x</B><C/><D>&lt;中&amp;</D><!-- c --></xml>"
+    assert parse_xml(body.encode()) == {"A": "1", "B": "]]> x", "C": None, "D": "<中&"}
+
+
+@pytest.mark.parametrize("body", [
+    "<xml><Content a='1'>帮助</Content></xml>",  # attributes
+    "<xml><Content><b>帮助</b></Content></xml>",  # a child element
+    "<xml><Content>帮助</Content><Other>1</Other><Content>again</Content></xml>",  # repeated
+])
+def test_a_child_that_is_not_plain_text_is_no_text_field(body: str) -> None:
+    doc = parse_xml(body.encode())
+    assert not isinstance(doc["Content"], str)
+    with pytest.raises(BadPush):
+        to_inbound({**doc, "ToUserName": "gh", "FromUserName": "o", "CreateTime": "1", "MsgType": "text"})
+    assert doc.get("Other", "1") == "1"  # siblings keep their text
+
+
+@pytest.mark.parametrize("body", [
+    b"", b"<xml></xml>", "<xml>帮助</xml>".encode(), b"<other><A>1</A></other>", b"<xml><A>1</A></xml><xml/>",
+    b"<xml><A>\xff</A></xml>", b"<xml><A>&undefined;</A></xml>",
+    b'<!DOCTYPE x [<!ENTITY e "v">]><xml><A>&e;</A></xml>',
+    b'<!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]><xml><A>&e;</A></xml>',
+])
+def test_what_is_not_a_well_formed_push_with_an_xml_root_and_no_entities_is_a_bad_push(body: bytes) -> None:
+    with pytest.raises(BadPush):
+        parse_xml(body)
