@@ -57,7 +57,9 @@ def wsgi_app() -> Any:
     reply_file = Path(os.environ.get("BENCH_REPLY_FILE", "/nonexistent"))
 
     def bare() -> Response:  # the reply is captured after start-up; read once per worker
-        cached = app.extensions.setdefault("bench.reply", reply_file.read_bytes())
+        cached = app.extensions.get("bench.reply")
+        if cached is None:  # (setdefault's argument would read the file on every request)
+            cached = app.extensions.setdefault("bench.reply", reply_file.read_bytes())
         return Response(cached, mimetype="application/xml")
 
     app.add_url_rule("/bench/bare", "bench_bare", bare, methods=["POST"])
