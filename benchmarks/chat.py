@@ -4,9 +4,10 @@ against a bare Flask endpoint returning the same XML, in the same run.
     .venv/bin/python -m benchmarks.chat [--seconds 10] [--connections 16] [--rounds 3] [--pg URL]
                                         [--worker-class gthread]
 
-Every request is a new push (a unique MsgId, so dedup never short-cuts it): signature check, XML
-parse, the dedup claim (an INSERT committed on its own), identification, the bills query, the news
-reply rendered and stored with the push in a second transaction. Plaintext mode (the signature
+Every request is a new push (a unique MsgId): signature check, XML parse, then the read-only path of
+a customer command (no dedup row: it has no effect for one to protect): one statement in a read
+snapshot for the sender and their open bills, and the news reply rendered with 5 signed pay links;
+the 48-hour window marker is written at most once per 5 minutes. Plaintext mode (the signature
 covers the query only, so wrk can vary the body). The baseline is ``POST /bench/bare`` on the same
 gunicorn, answering the bytes of a real reply without looking at the request.
 Goal (issue 4): ≥ 0.5 of the baseline's requests/second, p99 ≤ 25 ms at 16 connections.
