@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +19,8 @@ from payments.models import Customer, Staff
 
 @dataclass
 class Ctx:
-    session: Session
+    # The unit of work, or how to open one on first use (the read-only path: most answers need none).
+    opened: Session | Callable[[], Session]
     inbound: Inbound
     staff: Staff | None
     customer: Customer | None
@@ -27,6 +28,12 @@ class Ctx:
     # and their open bills (``customer.OPEN_BILL_COLUMNS``), read with it in the same statement.
     known_customer_id: int | None = None
     open_bills: Sequence[Any] | None = None
+
+    @property
+    def session(self) -> Session:
+        if not isinstance(self.opened, Session):
+            self.opened = self.opened()
+        return self.opened
 
     @property
     def openid(self) -> str:

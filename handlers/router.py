@@ -87,7 +87,7 @@ _SENDER = (
 
 def read_only(connection: Connection, inbound: Inbound) -> ReadAnswer | None:
     """The answer to a read-only customer message, or None when the push needs ``route``. ``connection``
-    holds a read snapshot; an ORM session on it is there for the commands that load bills (支付, 收据)."""
+    holds a read snapshot."""
     parsed = parse(inbound.content, Audience.customer) if inbound.msg_type == "text" else None
     if parsed is not None and parsed.command.key not in READ_ONLY_COMMANDS:
         return None
@@ -99,14 +99,19 @@ def read_only(connection: Connection, inbound: Inbound) -> ReadAnswer | None:
         return None
     found = rows[0]
     bills = [row for row in rows if row.number is not None]
-    with Session(bind=connection) as session:  # joins the snapshot; costs nothing until a query
-        ctx = Ctx(session, inbound, None, None, known_customer_id=found.id, open_bills=bills)
+    # An ORM session joined to the snapshot, opened only by the commands that load bills (支付, 收据).
+    ctx = Ctx(lambda: Session(bind=connection), inbound, None, None, known_customer_id=found.id,
+              open_bills=bills)
+    try:
         if parsed is None:
             reply = _read_safely(lambda: customer.on_click(ctx))
         elif len(parsed.args) < parsed.command.min_args:
             reply = TextReply(usage_text(parsed.command))
         else:
             reply = _read_safely(lambda: CUSTOMER[parsed.command.key](ctx, parsed.args))
+    finally:
+        if isinstance(ctx.opened, Session):
+            ctx.opened.close()
     return ReadAnswer(reply, _window_refresh(found.id, found.last_message_at))
 
 
