@@ -9,7 +9,10 @@ a customer command (no dedup row: it has no effect for one to protect): one stat
 snapshot for the sender and their open bills, and the news reply rendered with 5 signed pay links;
 the 48-hour window marker is written at most once per 5 minutes. Plaintext mode (the signature
 covers the query only, so wrk can vary the body). The baseline is ``POST /bench/bare`` on the same
-gunicorn, answering the bytes of a real reply without looking at the request.
+gunicorn, answering the bytes of a real reply without looking at the request. Workers are not
+recycled during a run (``--max-requests 0``: a reboot costs ~1.7 s of CPU and would land in one
+side's round). Note: wrk opens its 16 keep-alive connections at once and the kernel often hands most
+of them to one worker, so a round may use one core or two — the per-round ratios show that spread.
 Goal (issue 4): ≥ 0.5 of the baseline's requests/second, p99 ≤ 25 ms at 16 connections.
 """
 
@@ -93,7 +96,8 @@ def _prepare(database_url: str) -> None:
 
 def _serve(env: dict[str, str], port: int, worker_class: str) -> subprocess.Popen[bytes]:
     cmd = [str(ROOT / ".venv/bin/gunicorn"), "-w", "2", "-k", worker_class, "--threads", "4",
-           "--graceful-timeout", "3", "-b", f"127.0.0.1:{port}", "--log-level", "warning",
+           "--graceful-timeout", "3", "--max-requests", "0", "-b", f"127.0.0.1:{port}",
+           "--log-level", "warning",
            "benchmarks.chat:wsgi_app()"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
     deadline = time.monotonic() + 30

@@ -9,7 +9,8 @@ posts, from separate client processes, one correctly signed TRANSACTION.SUCCESS 
 request is verified, decrypted, stored raw, applied under the bill's row lock and committed. The
 baseline is ``POST /bench/bare`` on the same gunicorn (same app, same workers, same bodies), which
 answers 204 without looking at the body. gunicorn runs with the production settings of gunicorn.conf.py
-(gthread, its threads) for both. Rounds alternate bare and notify (fresh orders each round); printed:
+(gthread, its threads) for both, except that workers are not recycled (``max_requests``) during a run.
+Rounds alternate bare and notify (fresh orders each round); printed:
 the medians, each round's ratio (goal: ≥ 0.4). Then the QR image: first render vs cached, per image.
 """
 
@@ -147,6 +148,8 @@ def _serve(env: dict[str, str], port: int, workers: int) -> subprocess.Popen[byt
         str(workers),
         "-b",
         f"127.0.0.1:{port}",
+        "--max-requests",  # no worker recycling mid-round (a reboot costs ~1.7 s of CPU, to one side only)
+        "0",
         "--log-level",
         "warning",
         "benchmarks.notify:wsgi_app()",
