@@ -12,7 +12,8 @@ covers the query only, so wrk can vary the body). The baseline is ``POST /bench/
 gunicorn, answering the bytes of a real reply without looking at the request. Workers are not
 recycled during a run (``--max-requests 0``: a reboot costs ~1.7 s of CPU and would land in one
 side's round). Note: wrk opens its 16 keep-alive connections at once and the kernel often hands most
-of them to one worker, so a round may use one core or two — the per-round ratios show that spread.
+of them to one worker, so a round may use one core or two; each round prints how its connections
+were spread over the two workers (from ``ss``), for chat and for bare.
 Goal (issue 4): ≥ 0.5 of the baseline's requests/second, p99 ≤ 25 ms at 16 connections.
 """
 
@@ -111,17 +112,38 @@ def _serve(env: dict[str, str], port: int, worker_class: str) -> subprocess.Pope
     raise SystemExit("gunicorn did not come up")
 
 
+def _split(port: int) -> str:
+    """How the load generator's connections are spread over the gunicorn workers, e.g. ``16/0``:
+    read from ``ss`` (which process holds each established server-side connection)."""
+    try:
+        out = subprocess.run(["ss", "-Htnp", "state", "established", f"( sport = :{port} )"],
+                             capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    per_pid: dict[str, int] = {}
+    for pid in re.findall(r"pid=(\d+)", out):
+        per_pid[pid] = per_pid.get(pid, 0) + 1
+    counts = [*sorted(per_pid.values(), reverse=True), 0, 0]
+    return f"{counts[0]}/{counts[1]}" if per_pid else "?"
+
+
 def _wrk(url: str, path: str, body_template: str, seconds: int, connections: int,
-         tmp: Path) -> dict[str, float]:
+         tmp: Path) -> dict[str, Any]:
     script = tmp / f"wrk{secrets.token_hex(3)}.lua"
     script.write_text(LUA % (body_template, path))
-    out = subprocess.run(["wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds}s", "--latency",
-                          "-s", str(script), url], capture_output=True, text=True, check=True).stdout
+    proc = subprocess.Popen(["wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds}s", "--latency",
+                             "-s", str(script), url], stdout=subprocess.PIPE, text=True)
+    time.sleep(min(2.0, seconds / 2))
+    split = _split(int(url.rsplit(":", 1)[1]))
+    out, _ = proc.communicate()
+    if proc.returncode:
+        raise SystemExit(f"wrk failed ({proc.returncode})")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)\b", out)
     factor = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99[2]]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": rps, "p99_ms": float(p99[1]) * factor, "non2xx": float(errors[1]) if errors else 0.0}
+    return {"rps": rps, "p99_ms": float(p99[1]) * factor, "non2xx": float(errors[1]) if errors else 0.0,
+            "split": split}
 
 
 def run(database_url: str, seconds: int, connections: int, worker_class: str,
@@ -175,7 +197,8 @@ def _summary(rounds: list[tuple[dict[str, float], dict[str, float]]]) -> dict[st
     return {"chat_rps": median(c["rps"] for c in chat), "chat_p99_ms": median(c["p99_ms"] for c in chat),
             "chat_non2xx": sum(c["non2xx"] for c in chat), "bare_rps": median(b["rps"] for b in bare),
             "bare_p99_ms": median(b["p99_ms"] for b in bare), "ratio": median(ratios), "ratios": ratios,
-            "chat_p99s": [c["p99_ms"] for c in chat]}
+            "chat_p99s": [c["p99_ms"] for c in chat],
+            "splits": [f"{c['split']} vs {b['split']}" for c, b in rounds]}
 
 
 def main() -> None:
@@ -204,7 +227,8 @@ def main() -> None:
               f"bare {r['bare_rps']:.0f} req/s p99 {r['bare_p99_ms']:.1f} ms; "
               f"ratio {r['ratio']:.2f} (goal ≥ 0.5, p99 ≤ 25 ms); medians of {args.rounds} interleaved "
               f"rounds: ratios {' '.join(f'{x:.2f}' for x in r['ratios'])}, "
-              f"chat p99 {' '.join(f'{x:.0f}' for x in r['chat_p99s'])} ms")
+              f"chat p99 {' '.join(f'{x:.0f}' for x in r['chat_p99s'])} ms; connections per worker "
+              f"(chat vs bare): {', '.join(r['splits'])}")
     sys.stdout.flush()
 
 
