@@ -124,6 +124,8 @@ _ATTEMPT_AND_PAID = select(
     .label("others_pending"),
 ).where(_ATTEMPTS.c.out_trade_no == bindparam("out_trade_no"))
 _INSERT_PAYMENT = insert(_PAYMENTS).returning(_PAYMENTS.c.id)
+_PAYMENT_COLUMNS = tuple(c.key for c in _PAYMENTS.c if c.key != "id")
+_SUCCEEDABLE = (AttemptStatus.pending, AttemptStatus.closed)
 _SUCCEED_ATTEMPT = (
     update(_ATTEMPTS)
     .where(_ATTEMPTS.c.id == bindparam("attempt_id"), _ATTEMPTS.c.status == bindparam("from_status"))
@@ -214,10 +216,6 @@ def apply_fitting_payment(session: Session, facts: WeChatPaymentFacts) -> Paymen
     if session.identity_map:  # objects the caller loaded earlier no longer match their rows
         session.expire_all()
     return PaymentResult(Outcome.applied, payment)
-
-
-_SUCCEEDABLE = (AttemptStatus.pending, AttemptStatus.closed)
-_PAYMENT_COLUMNS = tuple(c.key for c in _PAYMENTS.c if c.key != "id")
 
 
 def _write_one(result: Any) -> None:

@@ -5,9 +5,10 @@ at once). The decrypted resource is kept too, so finance can see what WeChat sai
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import JSON, Integer, String, Table, Text, bindparam, func, select, update
+from sqlalchemy import JSON, Integer, String, Table, Text, bindparam, func, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -56,9 +57,11 @@ def _record_statement(dialect: str) -> Any:
 # Built once (every notification runs these): SQLAlchemy reuses their compiled form.
 _INSERT = {dialect: _insert_statement(dialect) for dialect in ("postgresql", "sqlite")}
 _RECORD = {dialect: _record_statement(dialect) for dialect in ("postgresql", "sqlite")}
-_FIND = select(_TABLE.c.id, _TABLE.c.outcome).where(_TABLE.c.event_id == bindparam("known_event_id"))
 _REDELIVERED = (
-    update(_TABLE).where(_TABLE.c.id == bindparam("row_id")).values(deliveries=_TABLE.c.deliveries + 1)
+    update(_TABLE)
+    .where(_TABLE.c.event_id == bindparam("known_event_id"))
+    .values(deliveries=_TABLE.c.deliveries + 1)
+    .returning(_TABLE.c.outcome)
 )
 _MARK = (
     update(_TABLE)
@@ -67,68 +70,41 @@ _MARK = (
 )
 
 
-def store_notification(
-    session: Session,
-    *,
-    event_id: str,
-    event_type: str,
-    channel: str,
-    reference: str | None,
-    body: str,
-    resource: dict[str, Any],
-) -> str | None:
+@dataclass(frozen=True)
+class RawNotification:
+    """A verified callback as it is stored: what WeChat sent, and what it decrypted to."""
+
+    event_id: str
+    event_type: str
+    channel: str  # payment | refund
+    reference: str | None  # out_trade_no / out_refund_no
+    body: str
+    resource: dict[str, Any]
+
+    def row(self, now: dt.datetime, **extra: Any) -> dict[str, Any]:
+        return {**vars(self), "deliveries": 1, "received_at": now, **extra}  # shallow: no copy of the body
+
+
+def store_notification(session: Session, raw: RawNotification) -> str | None:
     """Insert the raw notification unless its event id is known; return the earlier outcome if any.
 
     ``INSERT … ON CONFLICT DO NOTHING`` makes concurrent deliveries of one event safe on both
     databases: exactly one insert wins, the others see the row.
     """
-    row = {
-        "event_id": event_id,
-        "event_type": event_type,
-        "channel": channel,
-        "reference": reference,
-        "body": body,
-        "resource": resource,
-        "deliveries": 1,
-        "received_at": utcnow(),
-    }
-    inserted = session.execute(_INSERT[session.get_bind().dialect.name], row).first()
+    inserted = session.execute(_INSERT[session.get_bind().dialect.name], raw.row(utcnow())).first()
     if inserted is not None:
         return None
-    conn = session.connection()
-    existing = conn.execute(_FIND, {"known_event_id": event_id}).one()
-    conn.execute(_REDELIVERED, {"row_id": existing.id})
-    return cast(str | None, existing.outcome)
+    earlier = session.connection().execute(_REDELIVERED, {"known_event_id": raw.event_id}).scalar_one()
+    return cast(str | None, earlier)
 
 
-def record_processed(
-    session: Session,
-    *,
-    event_id: str,
-    event_type: str,
-    channel: str,
-    reference: str | None,
-    body: str,
-    resource: dict[str, Any],
-    outcome: str,
-) -> None:
+def record_processed(session: Session, raw: RawNotification, outcome: str) -> None:
     """Store the raw notification together with its outcome, in one statement: for callbacks whose
     applying is itself idempotent (a payment is applied once per ``transaction_id``), so there is no
     need to look the event up first. A redelivery (or a concurrent copy) only counts a delivery and
     never overwrites the first outcome."""
     now = utcnow()
-    row = {
-        "event_id": event_id,
-        "event_type": event_type,
-        "channel": channel,
-        "reference": reference,
-        "body": body,
-        "resource": resource,
-        "outcome": outcome,
-        "deliveries": 1,
-        "received_at": now,
-        "processed_at": now,
-    }
+    row = raw.row(now, outcome=outcome, processed_at=now)
     session.connection().execute(_RECORD[session.get_bind().dialect.name], row)
 
 

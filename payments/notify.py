@@ -21,7 +21,7 @@ from db import Database, current_db, utcnow
 from payments import services
 from payments.errors import DomainError
 from payments.models import RefundStatus
-from payments.notifications import mark_processed, record_processed, store_notification
+from payments.notifications import RawNotification, mark_processed, record_processed, store_notification
 from payments.refund_results import settle_refund
 from payments.runtime import gateway
 from payments.wechatpay import Callback, CallbackRejected, WeChatPayGateway, parse_time
@@ -86,21 +86,14 @@ def _process(
     in a single statement. If applying fails, the raw notification is still stored, unprocessed,
     before the error makes us answer 500 (WeChat retries, and finance can see what arrived)."""
     resource = dict(callback.resource)
-    row: dict[str, Any] = {
-        "event_id": callback.event_id,
-        "event_type": callback.event_type,
-        "channel": channel,
-        "reference": reference,
-        "body": body,
-        "resource": resource,
-    }
+    raw = RawNotification(callback.event_id, callback.event_type, channel, reference, body, resource)
     try:
         with db.transaction() as session:
             if idempotent:
                 outcome = apply(session, resource)
-                record_processed(session, **row, outcome=outcome)
+                record_processed(session, raw, outcome)
                 return outcome
-            earlier = store_notification(session, **row)
+            earlier = store_notification(session, raw)
             if earlier is not None:
                 return "duplicate" if earlier == "applied" else earlier
             outcome = apply(session, resource)
@@ -108,7 +101,7 @@ def _process(
             return outcome
     except Exception:
         with db.transaction() as session:
-            store_notification(session, **row)
+            store_notification(session, raw)
         raise
 
 

@@ -74,3 +74,8 @@ def test_an_applied_refund_notification_and_its_redelivery_are_answered_204(
 
     assert refund_of(paybench, "ERP-N-1").status is RefundStatus.succeeded
     assert bill_of(paybench, number).refunded_fen == 100
+    with paybench.db.transaction() as s:  # the redelivery was answered from the stored row, and counted
+        stored = s.execute(
+            select(PaymentNotification).where(PaymentNotification.event_id == "evt-refund-1")
+        ).scalar_one()
+    assert (stored.outcome, stored.deliveries) == ("applied", 2)
