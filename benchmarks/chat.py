@@ -11,9 +11,9 @@ the 48-hour window marker is written at most once per 5 minutes. Plaintext mode 
 covers the query only, so wrk can vary the body). The baseline is ``POST /bench/bare`` on the same
 gunicorn, answering the bytes of a real reply without looking at the request. Workers are not
 recycled during a run (``--max-requests 0``: a reboot costs ~1.7 s of CPU and would land in one
-side's round). Note: wrk opens its 16 keep-alive connections at once and the kernel often hands most
-of them to one worker, so a round may use one core or two; each round prints how its connections
-were spread over the two workers (from ``ss``), for chat and for bare.
+side's round). gunicorn.conf.py's ``reuse_port`` gives each worker its own socket, so the kernel
+spreads wrk's 16 keep-alive connections over the two (on one shared socket, most often landed on
+one worker); each round prints how its connections were spread (from ``ss``), for chat and for bare.
 Goal (issue 4): ≥ 0.5 of the baseline's requests/second, p99 ≤ 25 ms at 16 connections.
 """
 
