@@ -192,21 +192,26 @@ def jsapi(token: str) -> Any:
 def status(token: str) -> Any:
     number = _bill_number(token)
     out_trade_no = request.args.get("attempt")
-    # One transaction for the bill and the attempt: the page must never see a succeeded attempt next
-    # to a bill read before the payment was committed.
+    # The page must never see a succeeded attempt next to a bill read before that payment committed
+    # (支付成功 with the old amount still outstanding). On PostgreSQL (READ COMMITTED) each statement
+    # of a transaction reads its own snapshot, so the attempt is read FIRST: a bill read after it
+    # includes every payment the attempt already shows (at worst the page sees the new amounts one
+    # poll before it sees 支付成功).
     with current_db().transaction() as s:
+        attempt_status = None
+        if out_trade_no:
+            attempt_status = s.execute(
+                select(PaymentAttempt.status)
+                .join(Bill, Bill.id == PaymentAttempt.bill_id)
+                .where(PaymentAttempt.out_trade_no == out_trade_no, Bill.number == number)
+            ).scalar_one_or_none()
         bill = s.execute(select(Bill).where(Bill.number == number)).scalar_one_or_none()
         if bill is None:
             raise LinkInvalid()
         view = bill_status_view(bill)
         if out_trade_no:
-            attempt = s.execute(
-                select(PaymentAttempt).where(
-                    PaymentAttempt.out_trade_no == out_trade_no, PaymentAttempt.bill_id == bill.id
-                )
-            ).scalar_one_or_none()
             view["attempt"] = (
-                {"out_trade_no": out_trade_no, "status": str(attempt.status)} if attempt else None
+                {"out_trade_no": out_trade_no, "status": str(attempt_status)} if attempt_status else None
             )
     response = jsonify(view)
     response.headers["Cache-Control"] = "no-store"

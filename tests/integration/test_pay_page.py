@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import base64
 import io
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
 import requests
 import zxingcpp
 from cryptography.hazmat.primitives import hashes, serialization
@@ -193,3 +195,43 @@ def test_a_paid_bill_shows_no_pay_controls(paybench: PayBench) -> None:
 def _status(bench: PayBench, number: str) -> str:
     with bench.db.transaction() as s:
         return str(s.execute(select(Bill.status).where(Bill.number == number)).scalar_one())
+
+
+@pytest.mark.postgres
+def test_the_status_json_never_shows_success_beside_the_bill_before_that_payment(
+    paybench_on_pg: PayBench,
+) -> None:
+    """On PostgreSQL each statement reads its own snapshot: a payment committed between the status
+    request's two reads must not give 支付成功 next to the old outstanding amount."""
+    from flask import has_request_context, request
+    from sqlalchemy import event
+
+    from tests.fixtures.wechatpay_standin import wait_until
+
+    bench = paybench_on_pg
+    number = bench.issue_bill(3_800_000)
+    requests.get(bench.pay_url(number) + "/qr.png?amount_fen=1000000", timeout=10)
+    out_trade_no = bench.pay.orders()[0]["out_trade_no"]
+    fired: list[str] = []
+
+    def pay_between_the_two_reads(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if fired or not (has_request_context() and request.path.endswith("/status")):
+            return
+        fired.append(statement)  # after the status request's first read:
+        bench.pay.pay(out_trade_no)  # the notification is applied and committed by another thread
+        wait_until(lambda: _paid_fen(bench, number) == 1_000_000)
+
+    engine = bench.db.engine
+    event.listen(engine, "after_cursor_execute", pay_between_the_two_reads)
+    try:
+        view = requests.get(bench.pay_url(number) + f"/status?attempt={out_trade_no}", timeout=30).json()
+    finally:
+        event.remove(engine, "after_cursor_execute", pay_between_the_two_reads)
+    assert fired, "the payment was not slipped in between the status request's reads"
+    succeeded = view["attempt"] is not None and view["attempt"]["status"] == "succeeded"
+    assert not succeeded or view["paid_fen"] == 1_000_000, view  # never 支付成功 beside the old amount
+
+
+def _paid_fen(bench: PayBench, number: str) -> int:
+    with bench.db.read() as s:
+        return int(s.execute(select(Bill.paid_fen).where(Bill.number == number)).scalar_one())
