@@ -13,14 +13,15 @@ import fcntl
 import os
 import threading
 import weakref
-from collections.abc import Iterator
+from collections import namedtuple
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import DateTime, Engine, MetaData, create_engine, event, text
+from sqlalchemy import Connection, DateTime, Engine, MetaData, create_engine, event, text
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import NullPool
@@ -146,6 +147,93 @@ def _reset_writer_locks_after_fork() -> None:
 
 os.register_at_fork(after_in_child=_reset_writer_locks_after_fork)
 
+T = TypeVar("T")
+
+
+class _Work:
+    __slots__ = ("done", "error", "result", "work")
+
+    def __init__(self, work: Callable[[Session], Any]) -> None:
+        self.work = work
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.done = False
+
+    def finish(self, result: Any = None, error: BaseException | None = None) -> None:
+        self.result, self.error, self.done = result, error, True
+
+
+class GroupCommit:
+    """Units of work that arrive together share one SQLite write transaction (group commit).
+
+    On SQLite every write transaction is serialised by one lock, and its COMMIT (an fsync of the
+    WAL) is most of its cost; under a burst of notifications the lock's waiters also compete for the
+    GIL with the thread holding it. Here a thread queues its unit and takes the leader mutex; the
+    leader runs everything queued so far in one transaction and commits once (if any unit fails,
+    the whole transaction is rolled back and every unit runs again alone, so a failure reaches only
+    its own caller; units must therefore be safe to run twice), and only then are the
+    results handed out: nobody is answered before their work is durable. A thread that finds its
+    unit already done by an earlier leader returns at once. Per process (the writer lock still
+    serialises the processes)."""
+
+    MAX_BATCH = 16  # bounds how long the last unit of a batch waits
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self._reset()
+
+    def _reset(self) -> None:
+        self._pid = os.getpid()
+        self._queue: list[_Work] = []
+        self._queue_mutex = threading.Lock()
+        self._leader = threading.Lock()
+
+    def run(self, work: Callable[[Session], T]) -> T:
+        if self._pid != os.getpid():  # a forked child: the parent's mutexes may be held there
+            self._reset()
+        item = _Work(work)
+        with self._queue_mutex:
+            self._queue.append(item)
+        with self._leader:
+            while not item.done:  # a long queue: the oldest MAX_BATCH go first
+                with self._queue_mutex:
+                    batch, self._queue = self._queue[: self.MAX_BATCH], self._queue[self.MAX_BATCH:]
+                self._run_batch(batch)
+        if item.error is not None:
+            raise item.error
+        return cast(T, item.result)
+
+    def _run_batch(self, batch: list[_Work]) -> None:
+        try:
+            if len(batch) > 1 and self._together(batch):
+                return
+            for item in batch:  # alone (or again, alone, after a unit of the batch failed)
+                try:
+                    with self.database.transaction() as session:
+                        result = item.work(session)
+                except Exception as exc:
+                    item.finish(error=exc)
+                else:
+                    item.finish(result)
+        finally:  # interrupted (the leader's thread got a BaseException): nobody waits on a lost unit
+            for item in batch:
+                if not item.done:
+                    item.finish(error=RuntimeError("the batch this unit was in was interrupted"))
+
+    def _together(self, batch: list[_Work]) -> bool:
+        """All units in one transaction; False (everything rolled back) if any of them, or the commit,
+        fails — each then runs again alone, so one unit's failure never reaches another's result."""
+        results = []
+        try:
+            with self.database.transaction() as session:
+                for item in batch:
+                    results.append(item.work(session))
+        except Exception:
+            return False
+        for item, result in zip(batch, results, strict=True):
+            item.finish(result)
+        return True
+
 
 @dataclass
 class Database:
@@ -199,6 +287,19 @@ class Database:
         finally:
             session.close()
 
+    def batched(self, work: Callable[[Session], T]) -> T:
+        """Run ``work`` in a write transaction, shared with other threads' work on SQLite (see
+        ``GroupCommit``): for short units that may run a second time if another unit of their batch
+        fails. Returns once the transaction has committed; raises the unit's own exception."""
+        if self.writer_lock is None:
+            with self.transaction() as session:
+                return work(session)
+        return self._group_commit.run(work)
+
+    @cached_property
+    def _group_commit(self) -> GroupCommit:
+        return GroupCommit(self)
+
     def ping(self) -> None:
         with self.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
@@ -206,6 +307,141 @@ class Database:
     def dispose(self) -> None:
         self.engine.dispose()
 
+
+@dataclass(frozen=True)
+class _Compiled:
+    sql: str
+    positional: bool
+    binds: tuple[tuple[str, str, Any, Any], ...]  # (name in the SQL, callers' key, default, processor)
+    row: Any  # a namedtuple class for the result columns, or None
+    results: tuple[tuple[int, Any], ...]  # (column index, result processor) for columns that have one
+
+
+class Prepared:
+    """A Core statement compiled once per dialect and run straight on the DBAPI cursor of a
+    SQLAlchemy ``Connection`` — its transaction, its pool — for the hot paths (a chat read, a payment
+    notification), where SQLAlchemy's per-execution machinery (execution context, events, result
+    objects) costs several times what the database does.
+
+    Parameters and rows go through the same type processors as ``Connection.execute`` (UTC
+    datetimes, enums), so the values written and read are identical; callers pass the statement's
+    ``bindparam`` keys. Rows come back as named tuples. No ``before_cursor_execute`` events fire and
+    nothing is logged by SQLAlchemy's echo; statements with expanding (``IN``) parameters are not
+    supported (render them another way)."""
+
+    def __init__(self, statement: Any, columns: Sequence[str] = ()) -> None:
+        self.statement = statement
+        self.columns = list(columns)  # an INSERT without .values(): the columns callers give
+        self._by_dialect: dict[str, _Compiled] = {}
+
+    def _compiled(self, dialect: Dialect) -> _Compiled:
+        compiled = self._by_dialect.get(dialect.name)
+        if compiled is None:
+            compiled = self._by_dialect[dialect.name] = self._compile(dialect)
+        return compiled
+
+    def _compile(self, dialect: Dialect) -> _Compiled:
+        c = self.statement.compile(dialect=dialect, column_keys=self.columns or None)
+        if c.literal_execute_params or c.post_compile_params:
+            raise ValueError("Prepared does not support expanding or literal-execute parameters")
+        if c.insert_prefetch or c.update_prefetch:  # Python-side column defaults: give every column
+            raise ValueError("Prepared statements must be given the columns that have Python defaults")
+        processors = c._bind_processors
+        names = c.positiontup if c.positional else list(c.binds)
+        binds = []
+        for name in names or ():
+            param = c.binds[name]
+            default = _MISSING if param.required else param.effective_value
+            binds.append((name, param.key, default, processors.get(name)))
+        row: Any = None
+        results: tuple[tuple[int, Any], ...] = ()
+        if c._result_columns:
+            row = _row_type([entry[0] for entry in c._result_columns])
+            every = (entry[3]._cached_result_processor(dialect, None) for entry in c._result_columns)
+            results = tuple((i, process) for i, process in enumerate(every) if process is not None)
+        return _Compiled(c.string, bool(c.positional), tuple(binds), row, results)
+
+    @staticmethod
+    def _bind(compiled: _Compiled, params: Mapping[str, Any]) -> Any:
+        values = []
+        for _name, key, default, process in compiled.binds:
+            value = params.get(key, default)
+            if value is _MISSING:
+                raise KeyError(f"missing bind parameter {key!r}")
+            values.append(process(value) if process is not None and value is not None else value)
+        if compiled.positional:
+            return tuple(values)
+        return {name: value for (name, *_), value in zip(compiled.binds, values, strict=True)}
+
+    def _cursor(self, connection: Connection, params: Mapping[str, Any]) -> tuple[_Compiled, Any]:
+        """Run on the connection's DBAPI cursor. For an ORM session, pass ``session_connection(session)``."""
+        compiled = self._compiled(connection.dialect)
+        cursor = connection.connection.cursor()
+        cursor.execute(compiled.sql, self._bind(compiled, params))
+        return compiled, cursor
+
+    @staticmethod
+    def _row(compiled: _Compiled, raw: Any) -> Any:
+        if not compiled.results:
+            return compiled.row._make(raw)
+        values = list(raw)
+        for i, process in compiled.results:
+            if values[i] is not None:
+                values[i] = process(values[i])
+        return compiled.row._make(values)
+
+    def all(self, connection: Connection, params: Mapping[str, Any]) -> list[Any]:
+        compiled, cursor = self._cursor(connection, params)
+        try:
+            return [self._row(compiled, raw) for raw in cursor.fetchall()]
+        finally:
+            cursor.close()
+
+    def first(self, connection: Connection, params: Mapping[str, Any]) -> Any:
+        compiled, cursor = self._cursor(connection, params)
+        try:
+            raw = cursor.fetchone()
+            return None if raw is None else self._row(compiled, raw)
+        finally:
+            cursor.close()
+
+    def scalar(self, connection: Connection, params: Mapping[str, Any]) -> Any:
+        row = self.first(connection, params)
+        if row is None:
+            raise LookupError("the statement returned no row")
+        return row[0]
+
+    def rowcount(self, connection: Connection, params: Mapping[str, Any]) -> int:
+        """Execute a statement without RETURNING; the number of rows it changed."""
+        _, cursor = self._cursor(connection, params)
+        try:
+            return int(cursor.rowcount)
+        finally:
+            cursor.close()
+
+    def many(self, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        """One ``executemany`` of a statement without RETURNING."""
+        compiled = self._compiled(connection.dialect)
+        cursor = connection.connection.cursor()
+        try:
+            cursor.executemany(compiled.sql, [self._bind(compiled, row) for row in rows])
+        finally:
+            cursor.close()
+
+
+_MISSING = object()
+
+
+def _row_type(keys: list[str]) -> Any:
+    return namedtuple("Row", keys)  # the column names are known only once compiled
+
+
+def session_connection(session: Session) -> Connection:
+    """The session's connection for ``Prepared`` statements, with pending ORM changes flushed first
+    (what ``Session.execute`` would have done before running a statement)."""
+    if session.new or session.dirty or session.deleted:
+        session.flush()
+    return session.connection()
 
 CHINA_TZ = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
 

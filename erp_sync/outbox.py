@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Table, Text, UniqueConstraint, insert, text
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
-from db import CHINA_TZ, Base, UTCDateTime, utcnow
+from db import CHINA_TZ, Base, Prepared, UTCDateTime, session_connection, utcnow
 
 if TYPE_CHECKING:
     from payments.models import Bill
@@ -146,8 +146,12 @@ registry.register("erp", ERP_TOPICS)
 
 _EVENTS = cast(Table, OutboxEvent.__table__)
 _DELIVERIES = cast(Table, OutboxDelivery.__table__)
-_INSERT_EVENT = insert(_EVENTS)  # built once: every payment's hot path runs these
-_INSERT_DELIVERIES = insert(_DELIVERIES)
+# Built once, run on the DBAPI cursor: every payment's hot path runs these.
+_EVENT_COLUMNS = ("id", "topic", "bill_id", "seq", "payload", "created_at")
+_DELIVERY_COLUMNS = ("event_id", "subscriber", "bill_id", "seq", "status", "attempts", "next_attempt_at",
+                     "created_at")
+_INSERT_EVENT = Prepared(insert(_EVENTS), columns=_EVENT_COLUMNS)
+_INSERT_DELIVERIES = Prepared(insert(_DELIVERIES), columns=_DELIVERY_COLUMNS)
 
 
 def new_event_id() -> str:
@@ -188,12 +192,13 @@ def emit(
     # path). The bill row, if any, is already in the database (callers flush it before emitting).
     event_row = {"id": event_id, "topic": str(topic), "bill_id": bill_id, "seq": seq, "payload": payload,
                  "created_at": now}
-    session.execute(_INSERT_EVENT, event_row)
+    connection = session_connection(session)  # flushes the caller's pending changes (the bill) first
+    _INSERT_EVENT.rowcount(connection, event_row)
     deliveries = [
         {"event_id": event_id, "subscriber": name, "bill_id": bill_id, "seq": seq, "status": "pending",
          "attempts": 0, "next_attempt_at": now, "created_at": now}
         for name in registry.for_topic(str(topic))
     ]
     if deliveries:
-        session.execute(_INSERT_DELIVERIES, deliveries)
+        _INSERT_DELIVERIES.many(connection, deliveries)
     return OutboxEvent(**event_row)  # a detached copy of what was written, for the caller to read

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from bot.menu import CONTACT_SERVICE, MY_BILLS, PAY_HELP
 from bot.replies import MAX_ARTICLES, NoReply, ReadAnswer, Reply, TextReply
 from bot.wire import Inbound
-from db import utcnow
+from db import Prepared, utcnow
 from handlers import customer, staff, staff_money, staff_refund
 from handlers.context import Ctx, identify
 from handlers.grammar import ROLE_LABELS, Audience, Command, Parsed, help_text, parse, usage_text
@@ -76,7 +76,7 @@ WINDOW_REFRESH = dt.timedelta(minutes=5)
 # ORM object: no read-only handler needs more), whether the openid is staff, and the customer's open
 # bills (one row per bill; one row of NULL bill columns when there are none) — what 我的账单 lists.
 _IS_STAFF = exists().where(Staff.openid == bindparam("openid"), Staff.active.is_(True)).label("is_staff")
-_SENDER = (
+_SENDER = Prepared(
     select(Customer.id, Customer.last_message_at, _IS_STAFF, *customer.OPEN_BILL_COLUMNS)
     .select_from(Customer)
     .outerjoin(Bill, and_(Bill.customer_id == Customer.id, customer.IS_OPEN))
@@ -94,7 +94,7 @@ def read_only(connection: Connection, inbound: Inbound) -> ReadAnswer | None:
     click = inbound.msg_type == "event" and inbound.event == "click" and inbound.event_key in READ_ONLY_CLICKS
     if parsed is None and not click:
         return None
-    rows = connection.execute(_SENDER, {"openid": inbound.openid}).all()
+    rows = _SENDER.all(connection, {"openid": inbound.openid})
     if not rows or rows[0].is_staff:
         return None
     found = rows[0]

@@ -23,7 +23,7 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, exists, insert, select, update
 from sqlalchemy.orm import Session
 
-from db import CHINA_TZ, utcnow
+from db import CHINA_TZ, Prepared, session_connection, utcnow
 from erp_sync.outbox import Topic, emit
 from payments.bills import bill_event_data
 from payments.models import (
@@ -93,7 +93,7 @@ _CUSTOMER_FIELDS = ("name", "erp_ref", "openid")
 
 # The bill (with what its events say about the customer), locked through the order number: FOR
 # UPDATE OF bills on PostgreSQL; SQLite is already serialised by BEGIN IMMEDIATE.
-_LOCK_BILL = (
+_LOCK_BILL = Prepared(
     select(*_BILLS.c, *(_CUSTOMERS.c[name].label(f"customer_{name}") for name in _CUSTOMER_FIELDS))
     .select_from(
         _ATTEMPTS.join(_BILLS, _BILLS.c.id == _ATTEMPTS.c.bill_id).join(
@@ -107,7 +107,7 @@ _LOCK_BILL = (
 # this WeChat transaction was already applied by a concurrent delivery that committed first, and
 # whether the bill has other pending orders (to close if this payment settles it).
 _OTHERS = _ATTEMPTS.alias("others")
-_ATTEMPT_AND_PAID = select(
+_ATTEMPT_AND_PAID = Prepared(select(
     _ATTEMPTS.c.id,
     _ATTEMPTS.c.status,
     _ATTEMPTS.c.amount_fen,
@@ -122,16 +122,16 @@ _ATTEMPT_AND_PAID = select(
         _OTHERS.c.id != _ATTEMPTS.c.id,
     )
     .label("others_pending"),
-).where(_ATTEMPTS.c.out_trade_no == bindparam("out_trade_no"))
-_INSERT_PAYMENT = insert(_PAYMENTS).returning(_PAYMENTS.c.id)
+).where(_ATTEMPTS.c.out_trade_no == bindparam("out_trade_no")))
 _PAYMENT_COLUMNS = tuple(c.key for c in _PAYMENTS.c if c.key != "id")
+_INSERT_PAYMENT = Prepared(insert(_PAYMENTS).returning(_PAYMENTS.c.id), columns=_PAYMENT_COLUMNS)
 _SUCCEEDABLE = (AttemptStatus.pending, AttemptStatus.closed)
-_SUCCEED_ATTEMPT = (
+_SUCCEED_ATTEMPT = Prepared(
     update(_ATTEMPTS)
     .where(_ATTEMPTS.c.id == bindparam("attempt_id"), _ATTEMPTS.c.status == bindparam("from_status"))
     .values(status=AttemptStatus.succeeded, next_check_at=None)
 )
-_SETTLE_BILL = (
+_SETTLE_BILL = Prepared(
     update(_BILLS)
     .where(_BILLS.c.id == bindparam("locked_bill_id"), _BILLS.c.seq == bindparam("from_seq"))
     .values(
@@ -143,7 +143,7 @@ _SETTLE_BILL = (
 )
 # A paid bill takes no more money: its other pending orders are closed here (the recovery job
 # closes them at WeChat; a payment that still lands on one is healed as a late payment).
-_CLOSE_OTHER_ATTEMPTS = (
+_CLOSE_OTHER_ATTEMPTS = Prepared(
     update(_ATTEMPTS)
     .where(
         _ATTEMPTS.c.bill_id == bindparam("paid_bill_id"),
@@ -163,14 +163,16 @@ def apply_fitting_payment(session: Session, facts: WeChatPaymentFacts) -> Paymen
     when it is anything else (the caller's general path decides). The merchant and appid have been
     checked by the caller."""
     order = {"out_trade_no": facts.out_trade_no}
-    locked = session.execute(_LOCK_BILL, order).mappings().first()  # also flushes the session
+    conn = session_connection(session)
+    locked = _LOCK_BILL.first(conn, order)
     if locked is None:
         return None
-    conn = session.connection()
-    current = conn.execute(_ATTEMPT_AND_PAID, {**order, "transaction_id": facts.transaction_id}).one()
+    current = _ATTEMPT_AND_PAID.first(conn, {**order, "transaction_id": facts.transaction_id})
+    if current is None:  # cannot happen under the lock (the row was just joined); the general path decides
+        return None
     if current.paid_id is not None:
         return PaymentResult(Outcome.duplicate)
-    fields = dict(locked)
+    fields = locked._asdict()
     customer = Customer(**{name: fields.pop(f"customer_{name}") for name in _CUSTOMER_FIELDS})
     bill = Bill(**fields, customer=customer)  # transient copies: never added to the session
     attempt = PaymentAttempt(
@@ -182,15 +184,15 @@ def apply_fitting_payment(session: Session, facts: WeChatPaymentFacts) -> Paymen
 
     late, from_status = attempt.status is AttemptStatus.closed, attempt.status
     attempt.succeed()
-    _write_one(conn.execute(_SUCCEED_ATTEMPT, {"attempt_id": attempt.id, "from_status": from_status}))
+    _write_one(_SUCCEED_ATTEMPT.rowcount(conn, {"attempt_id": attempt.id, "from_status": from_status}))
     bill.apply_payment(facts.amount_fen)
     now, from_seq = utcnow(), bill.seq
     settled = {"locked_bill_id": bill.id, "from_seq": from_seq, "new_paid_fen": bill.paid_fen,
                "new_status": bill.status, "new_seq": from_seq + 1, "now": now}  # the event's seq, below
-    _write_one(conn.execute(_SETTLE_BILL, settled))
+    _write_one(_SETTLE_BILL.rowcount(conn, settled))
     if bill.status is BillStatus.paid and current.others_pending:
-        conn.execute(_CLOSE_OTHER_ATTEMPTS, {"paid_bill_id": bill.id, "paid_attempt_id": attempt.id,
-                                             "now": facts.success_time})
+        _CLOSE_OTHER_ATTEMPTS.rowcount(conn, {"paid_bill_id": bill.id, "paid_attempt_id": attempt.id,
+                                              "now": facts.success_time})
     # The receipt counter is the one row every payment locks (numbers are gapless in commit order):
     # it is bumped last, so concurrent payments of different bills queue on it only for the inserts
     # below and the commit.
@@ -208,7 +210,7 @@ def apply_fitting_payment(session: Session, facts: WeChatPaymentFacts) -> Paymen
         created_at=now,
     )
     row = {column: getattr(payment, column) for column in _PAYMENT_COLUMNS}
-    payment.id = conn.execute(_INSERT_PAYMENT, row).scalar_one()
+    payment.id = _INSERT_PAYMENT.scalar(conn, row)
     data = payment_data(bill, payment, attempt, late)
     emit(session, Topic.payment_succeeded, bill=bill, data=data, now=now)  # bumps bill.seq
     if bill.seq != from_seq + 1:
@@ -218,6 +220,6 @@ def apply_fitting_payment(session: Session, facts: WeChatPaymentFacts) -> Paymen
     return PaymentResult(Outcome.applied, payment)
 
 
-def _write_one(result: Any) -> None:
-    if result.rowcount != 1:
+def _write_one(rowcount: int) -> None:
+    if rowcount != 1:
         raise ConcurrentChange("a locked row changed underneath the payment being applied")

@@ -13,7 +13,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from db import Base, UTCDateTime, utcnow
+from db import Base, Prepared, UTCDateTime, session_connection, utcnow
 
 
 class PaymentNotification(Base):
@@ -54,16 +54,20 @@ def _record_statement(dialect: str) -> Any:
     )
 
 
-# Built once (every notification runs these): SQLAlchemy reuses their compiled form.
-_INSERT = {dialect: _insert_statement(dialect) for dialect in ("postgresql", "sqlite")}
-_RECORD = {dialect: _record_statement(dialect) for dialect in ("postgresql", "sqlite")}
-_REDELIVERED = (
+# Built once, run on the DBAPI cursor (every notification runs these).
+_ROW_COLUMNS = ("event_id", "event_type", "channel", "reference", "body", "resource", "deliveries",
+                "received_at")
+_INSERT = {dialect: Prepared(_insert_statement(dialect), columns=_ROW_COLUMNS)
+           for dialect in ("postgresql", "sqlite")}
+_RECORD = {dialect: Prepared(_record_statement(dialect), columns=(*_ROW_COLUMNS, "outcome", "processed_at"))
+           for dialect in ("postgresql", "sqlite")}
+_REDELIVERED = Prepared(
     update(_TABLE)
     .where(_TABLE.c.event_id == bindparam("known_event_id"))
     .values(deliveries=_TABLE.c.deliveries + 1)
     .returning(_TABLE.c.outcome)
 )
-_MARK = (
+_MARK = Prepared(
     update(_TABLE)
     .where(_TABLE.c.event_id == bindparam("processed_event_id"), _TABLE.c.outcome.is_(None))
     .values(outcome=bindparam("new_outcome"), processed_at=bindparam("now"))
@@ -91,11 +95,10 @@ def store_notification(session: Session, raw: RawNotification) -> str | None:
     ``INSERT … ON CONFLICT DO NOTHING`` makes concurrent deliveries of one event safe on both
     databases: exactly one insert wins, the others see the row.
     """
-    inserted = session.execute(_INSERT[session.get_bind().dialect.name], raw.row(utcnow())).first()
-    if inserted is not None:
+    connection = session_connection(session)
+    if _INSERT[connection.dialect.name].first(connection, raw.row(utcnow())) is not None:
         return None
-    earlier = session.connection().execute(_REDELIVERED, {"known_event_id": raw.event_id}).scalar_one()
-    return cast(str | None, earlier)
+    return cast(str | None, _REDELIVERED.scalar(connection, {"known_event_id": raw.event_id}))
 
 
 def record_processed(session: Session, raw: RawNotification, outcome: str) -> None:
@@ -105,12 +108,12 @@ def record_processed(session: Session, raw: RawNotification, outcome: str) -> No
     never overwrites the first outcome."""
     now = utcnow()
     row = raw.row(now, outcome=outcome, processed_at=now)
-    session.connection().execute(_RECORD[session.get_bind().dialect.name], row)
+    connection = session_connection(session)
+    _RECORD[connection.dialect.name].rowcount(connection, row)
 
 
 def mark_processed(session: Session, event_id: str, outcome: str) -> None:
     """Record the first outcome; a concurrent copy that found the payment already there ("duplicate")
     never overwrites what the delivery that applied it wrote. One UPDATE, no read-back."""
-    session.connection().execute(
-        _MARK, {"processed_event_id": event_id, "new_outcome": outcome, "now": utcnow()}
-    )
+    _MARK.rowcount(session_connection(session), {"processed_event_id": event_id, "new_outcome": outcome,
+                                                 "now": utcnow()})

@@ -88,11 +88,9 @@ def _process(
     resource = dict(callback.resource)
     raw = RawNotification(callback.event_id, callback.event_type, channel, reference, body, resource)
     try:
+        if idempotent:
+            return db.batched(lambda session: _apply_and_record(session, raw, resource, apply))
         with db.transaction() as session:
-            if idempotent:
-                outcome = apply(session, resource)
-                record_processed(session, raw, outcome)
-                return outcome
             earlier = store_notification(session, raw)
             if earlier is not None:
                 return "duplicate" if earlier == "applied" else earlier
@@ -103,6 +101,13 @@ def _process(
         with db.transaction() as session:
             store_notification(session, raw)
         raise
+
+
+def _apply_and_record(session: Session, raw: RawNotification, resource: Mapping[str, Any],
+                      apply: Callable[[Session, Mapping[str, Any]], str]) -> str:
+    outcome = apply(session, resource)
+    record_processed(session, raw, outcome)
+    return outcome
 
 
 def apply_transaction(db: Database, gw: WeChatPayGateway, callback: Callback, body: str) -> str:

@@ -15,7 +15,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from db import CHINA_TZ, Base
+from db import CHINA_TZ, Base, Prepared, session_connection
 
 
 class Counter(Base):
@@ -35,14 +35,14 @@ def _bump_statement(dialect: str) -> Any:
     return bump.returning(table.c.value)
 
 
-_BUMP = {dialect: _bump_statement(dialect) for dialect in ("postgresql", "sqlite")}
+_BUMP = {dialect: Prepared(_bump_statement(dialect)) for dialect in ("postgresql", "sqlite")}
 
 
 def next_value(session: Session, name: str) -> int:
     """Bump and return a named counter in one statement (an upsert that locks the counter row
     until the caller's transaction ends, so numbers are unique and gapless per commit order)."""
     dialect = session.get_bind().dialect.name
-    return int(session.connection().execute(_BUMP[dialect], {"counter_name": name}).scalar_one())
+    return int(_BUMP[dialect].scalar(session_connection(session), {"counter_name": name}))
 
 
 def _month(now: dt.datetime) -> str:

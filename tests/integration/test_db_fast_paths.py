@@ -1,0 +1,236 @@
+"""db.Prepared (statements run on the DBAPI cursor) against Connection.execute, and db.GroupCommit
+(units that arrive together share one SQLite transaction; a failing unit fails alone)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Date,
+    Enum,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    event,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.orm import Session
+
+from db import Database, GroupCommit, Prepared, UTCDateTime
+from migrations.runner import upgrade
+
+
+class Colour(enum.StrEnum):
+    red = "red"
+    blue = "blue"
+
+
+META = MetaData()
+THINGS = Table(
+    "prepared_things",
+    META,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(20), nullable=False),
+    Column("colour", Enum(Colour, native_enum=False, length=8), nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("day", Date),
+    Column("flag", Boolean, nullable=False),
+    Column("data", JSON),
+)
+COLUMNS = ("name", "colour", "at", "day", "flag", "data")
+AT = dt.datetime(2026, 11, 26, 23, 59, 58, 123456, tzinfo=dt.UTC)
+ROW = {"name": "甲", "colour": Colour.blue, "at": AT, "day": dt.date(2026, 12, 1), "flag": True,
+       "data": {"金额": 3_800_000, "items": [1, None]}}
+
+
+@pytest.fixture
+def things(db: Database) -> Iterator[Database]:
+    META.create_all(db.engine)
+    try:
+        yield db
+    finally:
+        META.drop_all(db.engine)
+
+
+def test_prepared_writes_and_reads_what_connection_execute_does(things: Database) -> None:
+    inserted = Prepared(insert(THINGS).returning(THINGS.c.id), columns=COLUMNS)
+    by_name = Prepared(select(THINGS).where(THINGS.c.name == bindparam("wanted")).order_by(THINGS.c.id))
+    with things.transaction() as s:
+        conn = s.connection()
+        fast_id = inserted.scalar(conn, ROW)
+        slow_id = conn.execute(insert(THINGS).returning(THINGS.c.id), ROW).scalar_one()
+        assert fast_id != slow_id
+        fast, slow = by_name.all(conn, {"wanted": "甲"})
+        expected = conn.execute(select(THINGS).where(THINGS.c.id == fast_id)).one()
+        # the raw stored form is the same too (SQLite keeps datetimes and enums as text)
+        raw = conn.execute(text("SELECT CAST(at AS TEXT), colour, CAST(data AS TEXT) FROM prepared_things "
+                                "ORDER BY id")).all()
+    assert raw[0] == raw[1]
+    assert fast._asdict() == {**expected._asdict()} and fast.colour is Colour.blue and fast.at == AT
+    assert slow._replace(id=fast.id) == fast
+    assert fast.data == ROW["data"] and fast.flag is True and fast.day == dt.date(2026, 12, 1)
+
+
+def test_prepared_update_rowcount_many_and_missing_parameters(things: Database) -> None:
+    many = Prepared(insert(THINGS), columns=COLUMNS)
+    recolour = Prepared(
+        update(THINGS).where(THINGS.c.colour == bindparam("old")).values(colour=bindparam("new"))
+    )
+    with things.transaction() as s:
+        conn = s.connection()
+        many.many(conn, [ROW, {**ROW, "name": "乙", "colour": Colour.red, "data": None, "day": None}])
+        assert recolour.rowcount(conn, {"old": Colour.blue, "new": Colour.red}) == 1
+        assert recolour.rowcount(conn, {"old": Colour.blue, "new": Colour.red}) == 0
+        query = select(THINGS.c.name, THINGS.c.colour, THINGS.c.data).order_by(THINGS.c.id)
+        colours = conn.execute(query).all()
+        with pytest.raises(KeyError, match="new"):
+            recolour.rowcount(conn, {"old": Colour.red})
+    assert [tuple(r) for r in colours] == [("甲", Colour.red, ROW["data"]), ("乙", Colour.red, None)]
+
+
+def test_prepared_refuses_what_it_cannot_run_faithfully(things: Database) -> None:
+    with things.transaction() as s:
+        conn = s.connection()
+        with pytest.raises(ValueError, match="expanding"):
+            Prepared(select(THINGS).where(THINGS.c.name.in_(["甲", "乙"]))).all(conn, {})
+        defaulted = Table("prepared_defaulted", MetaData(), Column("id", Integer, primary_key=True),
+                          Column("n", Integer, default=lambda: 7))
+        with pytest.raises(ValueError, match="Python defaults"):
+            Prepared(insert(defaulted), columns=("id",)).rowcount(conn, {"id": 1})
+
+
+# --- group commit (SQLite file: the writer lock is what makes units queue) ---------------------------
+
+
+@pytest.fixture
+def sqlite_file(tmp_path: Path) -> Iterator[Database]:
+    url = f"sqlite:///{tmp_path / 'group.sqlite3'}"
+    upgrade(url)
+    database = Database.from_url(url)
+    META.create_all(database.engine)
+    try:
+        yield database
+    finally:
+        database.dispose()
+
+
+def _insert(name: str, fail: bool = False) -> Callable[[Session], str]:
+    def work(session: Session) -> str:
+        session.execute(insert(THINGS), {**ROW, "name": name})
+        if fail:
+            raise ValueError(f"{name} failed")
+        return f"{name} done"
+
+    return work
+
+
+def _commits(database: Database) -> list[int]:
+    commits = [0]
+
+    @event.listens_for(database.engine, "commit")
+    def count(_conn: Any) -> None:
+        commits[0] += 1
+
+    return commits
+
+
+def _queued_behind_a_blocker(database: Database, works: list[Callable[[Session], str]]) -> list[Any]:
+    """Run one unit that holds the leader until ``works`` have all queued behind it (each from its own
+    thread); returns each unit's result or exception, in order."""
+    group = database._group_commit
+    assert isinstance(group, GroupCommit)
+    inside, release = threading.Event(), threading.Event()
+
+    def blocker(session: Session) -> str:
+        inside.set()
+        assert release.wait(10)
+        return _insert("blocker")(session)
+
+    results: list[Any] = [None] * len(works)
+
+    def call(i: int, work: Callable[[Session], str]) -> None:
+        try:
+            results[i] = database.batched(work)
+        except Exception as exc:
+            results[i] = exc
+
+    first = threading.Thread(target=lambda: database.batched(blocker))
+    first.start()
+    assert inside.wait(10)
+    threads = [threading.Thread(target=call, args=(i, w)) for i, w in enumerate(works)]
+    for t in threads:
+        t.start()
+    while len(group._queue) < len(works):  # every follower has queued its unit
+        threading.Event().wait(0.005)
+    release.set()
+    for t in [first, *threads]:
+        t.join(10)
+    return results
+
+
+def _names(database: Database) -> list[str]:
+    with database.read() as s:
+        return list(s.scalars(select(THINGS.c.name).order_by(THINGS.c.name)))
+
+
+def test_units_that_arrive_together_share_one_commit(sqlite_file: Database) -> None:
+    commits = _commits(sqlite_file)
+    results = _queued_behind_a_blocker(sqlite_file, [_insert(f"n{i}") for i in range(5)])
+    assert results == [f"n{i} done" for i in range(5)]
+    assert commits[0] == 2  # the blocker alone, then the five together
+    assert _names(sqlite_file) == ["blocker", "n0", "n1", "n2", "n3", "n4"]
+
+
+def test_a_failing_unit_fails_alone(sqlite_file: Database) -> None:
+    commits = _commits(sqlite_file)
+    works = [_insert("ok1"), _insert("bad", fail=True), _insert("ok2")]
+    results = _queued_behind_a_blocker(sqlite_file, works)
+    assert results[0] == "ok1 done" and results[2] == "ok2 done"
+    assert isinstance(results[1], ValueError) and str(results[1]) == "bad failed"
+    assert _names(sqlite_file) == ["blocker", "ok1", "ok2"]  # nothing of the failed unit
+    assert commits[0] == 3  # the blocker; the batch rolled back; ok1 and ok2 again, alone (bad: rolled back)
+
+
+def test_a_failed_commit_runs_each_unit_again_alone_and_applies_it_once(
+    sqlite_file: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_commit, failed = Session.commit, [0]
+
+    def commit_failing_once_for_a_batch(self: Session) -> None:
+        pending = self.execute(select(func.count()).select_from(THINGS)).scalar_one()
+        if pending >= 3 and not failed[0]:  # the blocker's row plus a batch of two
+            failed[0] += 1
+            raise OSError("disk I/O error")
+        real_commit(self)
+
+    monkeypatch.setattr(Session, "commit", commit_failing_once_for_a_batch)
+    results = _queued_behind_a_blocker(sqlite_file, [_insert("a"), _insert("b")])
+    assert failed[0] == 1
+    assert results == ["a done", "b done"]
+    assert _names(sqlite_file) == ["a", "b", "blocker"]
+
+
+def test_batched_without_the_writer_lock_is_one_transaction(db: Database) -> None:
+    META.create_all(db.engine)
+    try:
+        assert db.batched(_insert("only")) == "only done"
+        with pytest.raises(ValueError):
+            db.batched(_insert("never", fail=True))
+        assert _names(db) == ["only"]
+    finally:
+        META.drop_all(db.engine)
