@@ -186,6 +186,36 @@ def test_one_notification_delivered_20_times_concurrently_records_one_payment(
     assert (bill.status, payments, events, anomalies) == (BillStatus.paid, 1, 1, 0)
 
 
+def test_concurrent_notifications_of_several_bills_each_count_once(
+    paybench: PayBench, sign_notification: SignFn
+) -> None:
+    """On either database (on SQLite, concurrent notifications share write transactions: db.GroupCommit):
+    one notification delivered 10 times at once among 6 others, every answer 204, every bill paid once."""
+    numbers = [paybench.issue_bill(100_000 + i, phone=f"1380013{i:04d}") for i in range(7)]
+    signed = [sign_notification(transaction(paybench, open_native(paybench, n), 100_000 + i))
+              for i, n in enumerate(numbers)]
+    deliveries = [signed[0]] * 10 + signed[1:]
+    barrier = threading.Barrier(len(deliveries))
+    answers: list[int] = []
+
+    def deliver(headers: dict[str, str], body: bytes) -> None:
+        barrier.wait()
+        answers.append(post(paybench, headers, body).status_code)
+
+    threads = [threading.Thread(target=deliver, args=d) for d in deliveries]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(answers) == [204] * len(deliveries)
+    for number in numbers:
+        bill, payments, events, anomalies = state(paybench, number)  # the counts are of all bills
+        assert (bill.status, payments, events, anomalies) == (BillStatus.paid, 7, 7, 0), number
+    with paybench.db.transaction() as s:
+        counts = sorted(s.scalars(select(PaymentNotification.deliveries)))
+    assert counts == [1] * 6 + [10]
+
+
 def test_a_notification_that_fails_to_apply_is_kept_answered_500_and_applied_on_retry(
     paybench: PayBench, sign_notification: SignFn, monkeypatch: pytest.MonkeyPatch
 ) -> None:
