@@ -377,8 +377,18 @@ class Prepared:
         """Run on the connection's DBAPI cursor. For an ORM session, pass ``session_connection(session)``."""
         compiled = self._compiled(connection.dialect)
         cursor = connection.connection.cursor()
-        cursor.execute(compiled.sql, self._bind(compiled, params))
+        self._run(connection, cursor, compiled.sql, self._bind(compiled, params), many=False)
         return compiled, cursor
+
+    @staticmethod
+    def _run(connection: Connection, cursor: Any, sql: str, params: Any, *, many: bool) -> None:
+        try:
+            (cursor.executemany if many else cursor.execute)(sql, params)
+        except connection.dialect.loaded_dbapi.Error as exc:
+            cursor.close()
+            # what Connection.execute does: wrapped in SQLAlchemy's exception classes (IntegrityError,
+            # OperationalError …), and a lost connection invalidates the pool
+            connection._handle_dbapi_exception(exc, sql, params, cursor, None)
 
     @staticmethod
     def _row(compiled: _Compiled, raw: Any) -> Any:
@@ -424,7 +434,8 @@ class Prepared:
         compiled = self._compiled(connection.dialect)
         cursor = connection.connection.cursor()
         try:
-            cursor.executemany(compiled.sql, [self._bind(compiled, row) for row in rows])
+            params = [self._bind(compiled, row) for row in rows]
+            self._run(connection, cursor, compiled.sql, params, many=True)
         finally:
             cursor.close()
 

@@ -29,6 +29,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db import Database, GroupCommit, Prepared, UTCDateTime
@@ -101,6 +102,19 @@ def test_prepared_update_rowcount_many_and_missing_parameters(things: Database) 
         with pytest.raises(KeyError, match="new"):
             recolour.rowcount(conn, {"old": Colour.red})
     assert [tuple(r) for r in colours] == [("甲", Colour.red, ROW["data"]), ("乙", Colour.red, None)]
+
+
+def test_prepared_raises_sqlalchemy_errors_like_connection_execute(things: Database) -> None:
+    inserted = Prepared(insert(THINGS), columns=("id", *COLUMNS))
+    with pytest.raises(IntegrityError):  # the same primary key twice
+        with things.transaction() as s:
+            inserted.rowcount(s.connection(), {**ROW, "id": 1})
+            inserted.rowcount(s.connection(), {**ROW, "id": 1})
+    with pytest.raises(IntegrityError):
+        with things.transaction() as s:
+            inserted.many(s.connection(), [{**ROW, "id": 2}, {**ROW, "id": 2}])
+    with things.read() as s:
+        assert s.execute(select(func.count()).select_from(THINGS)).scalar_one() == 0
 
 
 def test_prepared_refuses_what_it_cannot_run_faithfully(things: Database) -> None:
