@@ -450,8 +450,7 @@ def _row_type(keys: list[str]) -> Any:
 def session_connection(session: Session) -> Connection:
     """The session's connection for ``Prepared`` statements, with pending ORM changes flushed first
     (what ``Session.execute`` would have done before running a statement)."""
-    if session.new or session.dirty or session.deleted:
-        session.flush()
+    session.flush()  # returns at once when nothing is pending
     return session.connection()
 
 CHINA_TZ = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
