@@ -63,10 +63,10 @@ def route(session: Session, inbound: Inbound) -> Reply:
     return _on_text(ctx)
 
 
-# Customer commands and menu clicks that only read. They are answered from a read-only snapshot with
-# no dedup row and no write transaction: there is no side effect for the dedup row to protect, and a
-# retried push recomputes the same answer. Staff commands are audited (a write) and strangers have no
-# customer row to carry the 48-hour window: both take the write path (``route``).
+# Customer commands and menu clicks that only read. They are answered from reads on a read-only
+# connection, with no dedup row and no write transaction: there is no side effect for the dedup row to
+# protect, and a retried push recomputes the same answer. Staff commands are audited (a write) and
+# strangers have no customer row to carry the 48-hour window: both take the write path (``route``).
 READ_ONLY_COMMANDS = frozenset({"my_bills", "pay", "receipts", "help", "human"})
 READ_ONLY_CLICKS = frozenset({MY_BILLS, PAY_HELP, CONTACT_SERVICE})
 # The 48-hour window marker is rewritten only once it is this old: the window may close this much
@@ -87,7 +87,8 @@ _SENDER = Prepared(
 
 def read_only(connection: Connection, inbound: Inbound) -> ReadAnswer | None:
     """The answer to a read-only customer message, or None when the push needs ``route``. ``connection``
-    holds a read snapshot."""
+    is a read-only connection: the sender and their open bills come from one statement (consistent by
+    itself, run on the DBAPI cursor with no BEGIN)."""
     parsed = parse(inbound.content, Audience.customer) if inbound.msg_type == "text" else None
     if parsed is not None and parsed.command.key not in READ_ONLY_COMMANDS:
         return None
@@ -99,7 +100,8 @@ def read_only(connection: Connection, inbound: Inbound) -> ReadAnswer | None:
         return None
     found = rows[0]
     bills = [row for row in rows if row.number is not None]
-    # An ORM session joined to the snapshot, opened only by the commands that load bills (支付, 收据).
+    # An ORM session on the same connection, opened only by the commands that load a bill (支付, 收据):
+    # its reads may see a newer state than the sender row, and those handlers check the bill they load.
     ctx = Ctx(lambda: Session(bind=connection), inbound, None, None, known_customer_id=found.id,
               open_bills=bills)
     try:
