@@ -102,7 +102,7 @@ class WriterLock:
     def __init__(self, path: str) -> None:
         self.path = path
         self._reset()
-        _WRITER_LOCKS.add(self)
+        _RESET_AFTER_FORK.add(self)
 
     def _reset(self) -> None:
         """Fresh state, also in a forked child: a copied mutex may be held by a thread that does not
@@ -137,15 +137,17 @@ class WriterLock:
                 fcntl.flock(fd, fcntl.LOCK_UN)
 
 
-_WRITER_LOCKS: weakref.WeakSet[WriterLock] = weakref.WeakSet()
+# Objects holding mutexes (WriterLock, GroupCommit): in a forked child a copied mutex may be held by a
+# thread that does not exist there, so each starts afresh.
+_RESET_AFTER_FORK: weakref.WeakSet[WriterLock | GroupCommit] = weakref.WeakSet()
 
 
-def _reset_writer_locks_after_fork() -> None:
-    for lock in list(_WRITER_LOCKS):
-        lock._reset()
+def _reset_after_fork() -> None:
+    for holder in list(_RESET_AFTER_FORK):
+        holder._reset()
 
 
-os.register_at_fork(after_in_child=_reset_writer_locks_after_fork)
+os.register_at_fork(after_in_child=_reset_after_fork)
 
 T = TypeVar("T")
 
@@ -181,16 +183,14 @@ class GroupCommit:
     def __init__(self, database: Database) -> None:
         self.database = database
         self._reset()
+        _RESET_AFTER_FORK.add(self)
 
     def _reset(self) -> None:
-        self._pid = os.getpid()
         self._queue: list[_Work] = []
         self._queue_mutex = threading.Lock()
         self._leader = threading.Lock()
 
     def run(self, work: Callable[[Session], T]) -> T:
-        if self._pid != os.getpid():  # a forked child: the parent's mutexes may be held there
-            self._reset()
         item = _Work(work)
         with self._queue_mutex:
             self._queue.append(item)

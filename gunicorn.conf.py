@@ -38,7 +38,6 @@ def post_fork(server, worker):  # gunicorn hook signature; both unused
     configure_logging(os.environ.get("RENOPAY_LOG_LEVEL", "INFO"))
 
 
-
 def post_worker_init(worker):  # gunicorn hook signature; unused
     import gc
 

@@ -89,7 +89,7 @@ def _process(
     raw = RawNotification(callback.event_id, callback.event_type, channel, reference, body, resource)
     try:
         if idempotent:
-            return db.batched(lambda session: _apply_and_record(session, raw, resource, apply))
+            return db.batched(lambda session: _apply_and_record(session, raw, apply))
         with db.transaction() as session:
             earlier = store_notification(session, raw)
             if earlier is not None:
@@ -103,9 +103,9 @@ def _process(
         raise
 
 
-def _apply_and_record(session: Session, raw: RawNotification, resource: Mapping[str, Any],
+def _apply_and_record(session: Session, raw: RawNotification,
                       apply: Callable[[Session, Mapping[str, Any]], str]) -> str:
-    outcome = apply(session, resource)
+    outcome = apply(session, raw.resource)
     record_processed(session, raw, outcome)
     return outcome
 

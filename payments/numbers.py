@@ -41,8 +41,8 @@ _BUMP = {dialect: Prepared(_bump_statement(dialect)) for dialect in ("postgresql
 def next_value(session: Session, name: str) -> int:
     """Bump and return a named counter in one statement (an upsert that locks the counter row
     until the caller's transaction ends, so numbers are unique and gapless per commit order)."""
-    dialect = session.get_bind().dialect.name
-    return int(_BUMP[dialect].scalar(session_connection(session), {"counter_name": name}))
+    connection = session_connection(session)
+    return int(_BUMP[connection.dialect.name].scalar(connection, {"counter_name": name}))
 
 
 def _month(now: dt.datetime) -> str:

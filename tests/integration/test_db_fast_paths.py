@@ -248,3 +248,26 @@ def test_batched_without_the_writer_lock_is_one_transaction(db: Database) -> Non
         assert _names(db) == ["only"]
     finally:
         META.drop_all(db.engine)
+
+
+def _batched_in_child(database: Database, done: Any) -> None:
+    database.engine.dispose(close=False)  # the parent's pooled connections are not the child's
+    database.batched(_insert("child"))
+    done.set()
+
+
+def test_a_forked_child_starts_with_fresh_group_commit_mutexes(sqlite_file: Database) -> None:
+    import multiprocessing as mp
+
+    group = sqlite_file._group_commit
+    done = mp.get_context("fork").Event()
+    with group._leader:  # held by this thread while the child is forked: it must not inherit it
+        child = mp.get_context("fork").Process(target=_batched_in_child, args=(sqlite_file, done))
+        child.start()
+        finished = done.wait(15)
+    child.join(10)
+    if child.is_alive():  # stuck on an inherited mutex
+        child.kill()
+        child.join(5)
+    assert finished and child.exitcode == 0
+    assert _names(sqlite_file) == ["child"]
