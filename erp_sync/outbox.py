@@ -16,7 +16,19 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Table, Text, UniqueConstraint, insert, text
+from sqlalchemy import (
+    JSON,
+    Connection,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    insert,
+    text,
+)
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
 from db import CHINA_TZ, Base, Prepared, UTCDateTime, session_connection, utcnow
@@ -158,15 +170,15 @@ def new_event_id() -> str:
     return "evt_" + secrets.token_hex(12)
 
 
-def emit(
-    session: Session,
+def build_event(
     topic: Topic | str,
     *,
     bill: Bill | None,
     data: Mapping[str, Any],
     now: dt.datetime | None = None,
-) -> OutboxEvent:
-    """Record an event in the caller's transaction.
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The event's row and its delivery rows, not yet written (``emit`` writes them; a caller that
+    writes them itself — see payments/applying.py — must do so in the same transaction).
 
     A contract event (``ERP_TOPICS``) of a bill bumps ``bill.seq`` — the caller holds the bill's row
     lock, so seq grows by exactly one per event the ERP sees. Internal events (reminders, failures)
@@ -188,17 +200,34 @@ def emit(
         "data": dict(data),
     }
     bill_id = bill.id if bill is not None else None
-    # Plain INSERTs on the session's connection (no unit of work: this runs on every payment's hot
-    # path). The bill row, if any, is already in the database (callers flush it before emitting).
     event_row = {"id": event_id, "topic": str(topic), "bill_id": bill_id, "seq": seq, "payload": payload,
                  "created_at": now}
-    connection = session_connection(session)  # flushes the caller's pending changes (the bill) first
-    _INSERT_EVENT.rowcount(connection, event_row)
     deliveries = [
         {"event_id": event_id, "subscriber": name, "bill_id": bill_id, "seq": seq, "status": "pending",
          "attempts": 0, "next_attempt_at": now, "created_at": now}
         for name in registry.for_topic(str(topic))
     ]
+    return event_row, deliveries
+
+
+def insert_deliveries(connection: Connection, deliveries: list[dict[str, Any]]) -> None:
     if deliveries:
         _INSERT_DELIVERIES.many(connection, deliveries)
+
+
+def emit(
+    session: Session,
+    topic: Topic | str,
+    *,
+    bill: Bill | None,
+    data: Mapping[str, Any],
+    now: dt.datetime | None = None,
+) -> OutboxEvent:
+    """Record an event in the caller's transaction (``build_event`` says what it holds)."""
+    event_row, deliveries = build_event(topic, bill=bill, data=data, now=now)
+    # Plain INSERTs on the session's connection (no unit of work: this runs on every payment's hot
+    # path). The bill row, if any, is already in the database (callers flush it before emitting).
+    connection = session_connection(session)  # flushes the caller's pending changes (the bill) first
+    _INSERT_EVENT.send(connection, event_row)  # inside a db.pipeline(): queued, not waited for
+    insert_deliveries(connection, deliveries)
     return OutboxEvent(**event_row)  # a detached copy of what was written, for the caller to read

@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import json
+import secrets
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, exists, insert, select, update
+from sqlalchemy import String, Table, Text, bindparam, exists, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from db import CHINA_TZ, Prepared, session_connection, utcnow
-from erp_sync.outbox import Topic, emit
+from db import CHINA_TZ, JSONText, Pending, Prepared, pipeline, session_connection, utcnow
+from erp_sync.outbox import OutboxEvent, Topic, build_event, insert_deliveries
 from payments.bills import bill_event_data
 from payments.models import (
     PAYABLE,
@@ -37,7 +39,8 @@ from payments.models import (
     PaymentAttempt,
     PaymentMethod,
 )
-from payments.numbers import next_receipt_number
+from payments.numbers import bump as bump_counter
+from payments.numbers import counted_receipt_number, receipt_counter
 
 
 class Outcome(enum.StrEnum):
@@ -60,11 +63,32 @@ class WeChatPaymentFacts:
     trade_type: str | None = None
 
 
-@dataclass(frozen=True)
 class PaymentResult:
-    outcome: Outcome
-    payment: Payment | None = None  # on the hot path: a detached copy of the row written
-    anomaly: PaymentAnomaly | None = None
+    """What applying did: the outcome, the Payment written (on the hot path, a detached copy of its
+    row) and the anomaly recorded, if any."""
+
+    __slots__ = ("_numbered", "_payment", "anomaly", "outcome")
+
+    def __init__(
+        self,
+        outcome: Outcome,
+        payment: Payment | None = None,
+        anomaly: PaymentAnomaly | None = None,
+        *,
+        numbered: Pending | None = None,
+    ) -> None:
+        self.outcome, self._payment, self.anomaly = outcome, payment, anomaly
+        self._numbered = numbered  # the hot path's INSERT … RETURNING id, receipt_no, read when asked for
+
+    @property
+    def payment(self) -> Payment | None:
+        if self._numbered is not None and self._payment is not None:
+            self._payment.id, self._payment.receipt_no = self._numbered.first()
+            self._numbered = None
+        return self._payment
+
+    def __repr__(self) -> str:
+        return f"PaymentResult({self.outcome!s}, payment={self._payment!r}, anomaly={self.anomaly!r})"
 
 
 def payment_view(payment: Payment, attempt: PaymentAttempt | None = None) -> dict[str, Any]:
@@ -123,8 +147,31 @@ _ATTEMPT_AND_PAID = Prepared(select(
     )
     .label("others_pending"),
 ).where(_ATTEMPTS.c.out_trade_no == bindparam("out_trade_no")))
-_PAYMENT_COLUMNS = tuple(c.key for c in _PAYMENTS.c if c.key != "id")
-_INSERT_PAYMENT = Prepared(insert(_PAYMENTS).returning(_PAYMENTS.c.id), columns=_PAYMENT_COLUMNS)
+# The payment and its event take their receipt number from the counter the same transaction bumped
+# just before (``counted_receipt_number``): the three statements go out together, the counter's
+# row lock is taken only then and held to the COMMIT that follows at once, so concurrent payments
+# queue on it for as little as the database takes (not for a round trip and our Python between).
+# The event's payload is serialised with a one-off placeholder where the number goes.
+_PAYMENT_COLUMNS = tuple(c.key for c in _PAYMENTS.c if c.key not in ("id", "receipt_no"))
+_INSERT_PAYMENT = Prepared(
+    insert(_PAYMENTS)
+    .values(receipt_no=counted_receipt_number())
+    .returning(_PAYMENTS.c.id, _PAYMENTS.c.receipt_no),
+    columns=_PAYMENT_COLUMNS,
+)
+_EVENTS = cast(Table, OutboxEvent.__table__)
+_INSERT_PAYMENT_EVENT = Prepared(
+    insert(_EVENTS).values(
+        payload=JSONText(
+            func.replace(
+                bindparam("payload_text", type_=Text),
+                bindparam("placeholder", type_=String),
+                counted_receipt_number(),
+            )
+        )
+    ),
+    columns=("id", "topic", "bill_id", "seq", "created_at"),
+)
 _SUCCEEDABLE = (AttemptStatus.pending, AttemptStatus.closed)
 _SUCCEED_ATTEMPT = Prepared(
     update(_ATTEMPTS)
@@ -164,10 +211,12 @@ def apply_fitting_payment(session: Session, facts: WeChatPaymentFacts) -> Paymen
     checked by the caller."""
     order = {"out_trade_no": facts.out_trade_no}
     conn = session_connection(session)
-    locked = _LOCK_BILL.first(conn, order)
+    with pipeline(conn):  # PostgreSQL: BEGIN, the lock and the read go out in one round trip
+        locking = _LOCK_BILL.send(conn, order)
+        reading = _ATTEMPT_AND_PAID.send(conn, {**order, "transaction_id": facts.transaction_id})
+    locked, current = locking.first(), reading.first()
     if locked is None:
         return None
-    current = _ATTEMPT_AND_PAID.first(conn, {**order, "transaction_id": facts.transaction_id})
     if current is None:  # cannot happen under the lock (the row was just joined); the general path decides
         return None
     if current.paid_id is not None:
@@ -184,18 +233,21 @@ def apply_fitting_payment(session: Session, facts: WeChatPaymentFacts) -> Paymen
 
     late, from_status = attempt.status is AttemptStatus.closed, attempt.status
     attempt.succeed()
-    _write_one(_SUCCEED_ATTEMPT.rowcount(conn, {"attempt_id": attempt.id, "from_status": from_status}))
     bill.apply_payment(facts.amount_fen)
     now, from_seq = utcnow(), bill.seq
     settled = {"locked_bill_id": bill.id, "from_seq": from_seq, "new_paid_fen": bill.paid_fen,
                "new_status": bill.status, "new_seq": from_seq + 1, "now": now}  # the event's seq, below
-    _write_one(_SETTLE_BILL.rowcount(conn, settled))
-    if bill.status is BillStatus.paid and current.others_pending:
-        _CLOSE_OTHER_ATTEMPTS.rowcount(conn, {"paid_bill_id": bill.id, "paid_attempt_id": attempt.id,
+    with pipeline(conn):  # PostgreSQL: one round trip; the counts are checked before anything else
+        succeeding = _SUCCEED_ATTEMPT.send(conn, {"attempt_id": attempt.id, "from_status": from_status})
+        settling = _SETTLE_BILL.send(conn, settled)
+        if bill.status is BillStatus.paid and current.others_pending:
+            _CLOSE_OTHER_ATTEMPTS.send(conn, {"paid_bill_id": bill.id, "paid_attempt_id": attempt.id,
                                               "now": facts.success_time})
-    # The receipt counter is the one row every payment locks (numbers are gapless in commit order):
-    # it is bumped last, so concurrent payments of different bills queue on it only for the inserts
-    # below and the commit.
+    _write_one(succeeding.rowcount())
+    _write_one(settling.rowcount())
+
+    counter, prefix = receipt_counter(facts.success_time)
+    placeholder = f"__receipt_{secrets.token_hex(16)}__"  # unguessable: no bill text can contain it
     payment = Payment(
         bill_id=bill.id,
         attempt_id=attempt.id,
@@ -204,20 +256,28 @@ def apply_fitting_payment(session: Session, facts: WeChatPaymentFacts) -> Paymen
         excess_fen=0,
         refunded_fen=0,
         transaction_id=facts.transaction_id,
-        receipt_no=next_receipt_number(session, facts.success_time),
+        receipt_no=placeholder,
         payer_openid=facts.payer_openid,
         paid_at=facts.success_time,
         created_at=now,
     )
-    row = {column: getattr(payment, column) for column in _PAYMENT_COLUMNS}
-    payment.id = _INSERT_PAYMENT.scalar(conn, row)
     data = payment_data(bill, payment, attempt, late)
-    emit(session, Topic.payment_succeeded, bill=bill, data=data, now=now)  # bumps bill.seq
+    event, deliveries = build_event(Topic.payment_succeeded, bill=bill, data=data, now=now)  # bumps bill.seq
     if bill.seq != from_seq + 1:
         raise ConcurrentChange("the event's seq is not the one written to the bill")
+    numbering = {"counter_name": counter, "receipt_prefix": prefix}
+    payment_row = {column: getattr(payment, column) for column in _PAYMENT_COLUMNS} | numbering
+    payload_text = json.dumps(event["payload"])
+    event_row = {**event, "payload_text": payload_text, "placeholder": placeholder, **numbering}
+    # PostgreSQL: these, the caller's last statements and the COMMIT go out in one round trip.
+    with pipeline(conn, until_commit=True):
+        bump_counter(session, counter)
+        numbered = _INSERT_PAYMENT.send(conn, payment_row)
+        _INSERT_PAYMENT_EVENT.send(conn, event_row)
+        insert_deliveries(conn, deliveries)
     if session.identity_map:  # objects the caller loaded earlier no longer match their rows
         session.expire_all()
-    return PaymentResult(Outcome.applied, payment)
+    return PaymentResult(Outcome.applied, payment, numbered=numbered)
 
 
 def _write_one(rowcount: int) -> None:

@@ -109,7 +109,7 @@ def record_processed(session: Session, raw: RawNotification, outcome: str) -> No
     now = utcnow()
     row = raw.row(now, outcome=outcome, processed_at=now)
     connection = session_connection(session)
-    _RECORD[connection.dialect.name].rowcount(connection, row)
+    _RECORD[connection.dialect.name].send(connection, row)  # in a pipeline: goes out with the COMMIT
 
 
 def mark_processed(session: Session, event_id: str, outcome: str) -> None:

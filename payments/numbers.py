@@ -10,10 +10,12 @@ import datetime as dt
 import secrets
 from typing import Any, cast
 
-from sqlalchemy import Integer, String, Table, bindparam
+from sqlalchemy import ColumnElement, Integer, String, Table, bindparam, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from db import CHINA_TZ, Base, Prepared, session_connection
 
@@ -49,6 +51,58 @@ def _month(now: dt.datetime) -> str:
     return now.astimezone(CHINA_TZ).strftime("%y%m")
 
 
+RECEIPT_DIGITS = 5
+
+
+class _ZeroPadded(ColumnElement[str]):
+    """``value`` as text, zero-padded to at least ``width`` digits — ``f"{value:0{width}d}"`` in SQL
+    (never truncated: 123456 stays 123456)."""
+
+    type = String()
+    inherit_cache = True
+    _traverse_internals = [
+        ("value", InternalTraversal.dp_clauseelement),
+        ("width", InternalTraversal.dp_plain_obj),
+    ]
+
+    def __init__(self, value: Any, width: int) -> None:
+        self.value, self.width = value, width
+
+
+@compiles(_ZeroPadded, "postgresql")
+def _zero_padded_pg(element: _ZeroPadded, compiler: Any, **kw: Any) -> str:
+    text = f"CAST({compiler.process(element.value, **kw)} AS TEXT)"
+    return f"lpad({text}, greatest({element.width}, length({text})), '0')"
+
+
+@compiles(_ZeroPadded, "sqlite")
+def _zero_padded_sqlite(element: _ZeroPadded, compiler: Any, **kw: Any) -> str:
+    return f"printf('%0{element.width}d', {compiler.process(element.value, **kw)})"
+
+
+def receipt_counter(now: dt.datetime) -> tuple[str, str]:
+    """(counter name, receipt number prefix) of the month ``now`` falls in (China time)."""
+    month = _month(now)
+    return "receipt-" + month, f"R{month}-"
+
+
+def counted_receipt_number() -> Any:
+    """The receipt number of the value the counter ``:counter_name`` holds now, with the prefix
+    ``:receipt_prefix``, as a scalar subquery: what ``next_receipt_number`` returns, computed by the
+    database — for a statement sent right after the counter's bump in the same transaction (which
+    holds the counter row until it ends), without waiting for the bump's result."""
+    table = cast(Table, Counter.__table__)
+    number = bindparam("receipt_prefix", type_=String) + _ZeroPadded(table.c.value, RECEIPT_DIGITS)
+    return select(number).where(table.c.name == bindparam("counter_name")).scalar_subquery()
+
+
+def bump(session: Session, name: str) -> None:
+    """Bump a counter without waiting for its value (inside a ``db.pipeline``, the bump is queued
+    with the statements that use it; see ``counted_receipt_number``)."""
+    connection = session_connection(session)
+    _BUMP[connection.dialect.name].send(connection, {"counter_name": name})
+
+
 def next_bill_number(session: Session, now: dt.datetime) -> str:
     month = _month(now)
     return f"B{month}-{next_value(session, 'bill-' + month):04d}"
@@ -56,7 +110,7 @@ def next_bill_number(session: Session, now: dt.datetime) -> str:
 
 def next_receipt_number(session: Session, now: dt.datetime) -> str:
     month = _month(now)
-    return f"R{month}-{next_value(session, 'receipt-' + month):05d}"
+    return f"R{month}-{next_value(session, 'receipt-' + month):0{RECEIPT_DIGITS}d}"
 
 
 def new_out_trade_no(bill_number: str) -> str:

@@ -7,8 +7,9 @@ import datetime as dt
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
+from db import CHINA_TZ
 from erp_sync.outbox import OutboxEvent
 from payments import applying, services
 from payments.applying import Outcome
@@ -111,3 +112,30 @@ def test_a_payment_the_hot_path_does_not_take_goes_to_the_general_path(build: Bu
     again = build.pay(order, 1_000_000, transaction_id=result.payment.transaction_id)
     assert again.outcome is Outcome.duplicate
     assert build.get(bill_id).paid_fen == 1_000_000
+
+
+def test_hot_path_receipt_numbers_follow_the_counter_and_reach_the_event(
+    build: Builder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hot path numbers its payment in SQL (the counter bumped in the same round trip); the
+    number in the payment row, in the event's payload and in the result are one and the same, and
+    they continue the sequence the general path (which numbers in Python) also takes from."""
+    hot_first, general, hot_second = (build.attempt(build.bill(100_000 + i, phone=f"1380000000{i}"))
+                                      for i in range(3))
+    first = build.pay(hot_first, 100_000, when=WHEN)
+    monkeypatch.setattr("payments.collect.apply_fitting_payment", lambda session, facts: None)
+    middle = build.pay(general, 100_001, when=WHEN)
+    monkeypatch.undo()
+    last = build.pay(hot_second, 100_002, when=WHEN)
+    results = [first, middle, last]
+    assert all(r.outcome is Outcome.applied and r.payment is not None for r in results)
+    with build.db.read() as s:
+        rows = s.execute(select(Payment.id, Payment.receipt_no).order_by(Payment.id)).all()
+        events = s.execute(select(OutboxEvent.payload).where(OutboxEvent.topic == "payment.succeeded")
+                           .order_by(OutboxEvent.created_at, OutboxEvent.seq)).scalars().all()
+        stored = s.execute(text("SELECT CAST(payload AS TEXT) FROM outbox_events")).scalars().all()
+    month = WHEN.astimezone(CHINA_TZ).strftime("%y%m")
+    assert [r.receipt_no for r in rows] == [f"R{month}-{n:05d}" for n in (1, 2, 3)]
+    assert [(r.payment.id, r.payment.receipt_no) for r in results] == [tuple(row) for row in rows]
+    assert sorted(e["data"]["payment"]["receipt_no"] for e in events) == [r.receipt_no for r in rows]
+    assert not [text_ for text_ in stored if "__receipt_" in text_]  # no placeholder left anywhere

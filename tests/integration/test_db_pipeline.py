@@ -1,0 +1,264 @@
+"""db.pipeline (PostgreSQL: psycopg's pipeline mode; SQLite: statements run at once), the guards that
+close a pipeline left open for the COMMIT, the ping of idle pooled connections, and the counter's
+receipt number computed in SQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, String, Table, bindparam, func, insert, select, text, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from db import CHINA_TZ, Database, Pending, Prepared, pipeline, session_connection
+from payments import numbers
+
+META = MetaData()
+ITEMS = Table("pipeline_items", META, Column("id", Integer, primary_key=True), Column("name", String(20)))
+ADD = Prepared(insert(ITEMS), columns=("id", "name"))
+ADD_RETURNING = Prepared(insert(ITEMS).returning(ITEMS.c.id, ITEMS.c.name), columns=("id", "name"))
+RENAME = Prepared(update(ITEMS).where(ITEMS.c.id == bindparam("item")).values(name=bindparam("new_name")))
+
+
+@pytest.fixture
+def items(db: Database) -> Iterator[Database]:
+    META.create_all(db.engine)
+    try:
+        yield db
+    finally:
+        META.drop_all(db.engine)
+
+
+@pytest.fixture
+def pg_items(pg_db: Database) -> Iterator[Database]:
+    META.create_all(pg_db.engine)
+    try:
+        yield pg_db
+    finally:
+        META.drop_all(pg_db.engine)
+
+
+def _names(database: Database) -> list[str]:
+    with database.read() as s:
+        return list(s.scalars(select(ITEMS.c.name).order_by(ITEMS.c.id)))
+
+
+def _in_pipeline_mode(conn: Any) -> bool:
+    return bool(conn.connection.dbapi_connection.pgconn.pipeline_status)
+
+
+def test_statements_of_a_block_give_their_results_on_both_databases(items: Database) -> None:
+    with items.transaction() as s:
+        conn = session_connection(s)
+        with pipeline(conn):
+            added = ADD_RETURNING.send(conn, {"id": 1, "name": "甲"})
+            renamed = RENAME.send(conn, {"item": 1, "new_name": "乙"})
+            missing = RENAME.send(conn, {"item": 99, "new_name": "丙"})
+        assert tuple(added.first()) == (1, "甲")
+        assert (renamed.rowcount(), missing.rowcount()) == (1, 0)
+        assert added.rowcount() == 1  # a statement with rows: how many it returned
+    assert _names(items) == ["乙"]
+
+
+def test_an_error_surfaces_when_sent_on_sqlite_and_at_the_blocks_end_on_postgresql(items: Database) -> None:
+    reached_the_blocks_end = False
+    with pytest.raises(IntegrityError):
+        with items.transaction() as s:
+            conn = session_connection(s)
+            with pipeline(conn):
+                ADD.send(conn, {"id": 1, "name": "甲"})
+                ADD.send(conn, {"id": 1, "name": "甲"})  # SQLite: raises here
+                reached_the_blocks_end = True  # PostgreSQL: queued, raised when the block ends
+    assert reached_the_blocks_end is (not items.is_sqlite)
+    assert _names(items) == []
+
+
+def test_postgresql_queues_a_block_and_reads_every_result_at_its_end(pg_items: Database) -> None:
+    with pg_items.transaction() as s:
+        conn = session_connection(s)
+        with pipeline(conn):
+            assert _in_pipeline_mode(conn)
+            added = ADD_RETURNING.send(conn, {"id": 1, "name": "甲"})
+            renamed = RENAME.send(conn, {"item": 1, "new_name": "乙"})
+            assert added._cursor.pgresult is None  # queued: no result has come back yet
+        assert not _in_pipeline_mode(conn)
+        assert renamed._cursor.pgresult is not None  # the block's end brought everything back
+        assert (tuple(added.first()), renamed.rowcount()) == ((1, "甲"), 1)
+    assert _names(pg_items) == ["乙"]
+
+
+def test_reading_inside_a_block_waits_for_what_was_queued_before_it(pg_items: Database) -> None:
+    with pg_items.transaction() as s:
+        conn = session_connection(s)
+        with pipeline(conn):
+            ADD.send(conn, {"id": 1, "name": "甲"})
+            renamed = RENAME.send(conn, {"item": 1, "new_name": "乙"})
+            assert renamed.rowcount() == 1  # synced here, inside the block
+            assert _in_pipeline_mode(conn)
+            count = Prepared(select(func.count()).select_from(ITEMS)).send(conn, {})
+            assert count.scalar() == 1
+
+
+def test_an_until_commit_block_goes_out_with_the_commit(pg_items: Database) -> None:
+    with pg_items.transaction() as s:
+        conn = session_connection(s)
+        with pipeline(conn, until_commit=True):
+            added = ADD_RETURNING.send(conn, {"id": 1, "name": "甲"})
+        ADD.send(conn, {"id": 2, "name": "乙"})  # joins the open pipeline
+        assert _in_pipeline_mode(conn) and added._cursor.pgresult is None
+        dbapi = conn.connection.dbapi_connection
+    assert not dbapi.pgconn.pipeline_status  # left when the connection went back to the pool
+    assert tuple(added.first()) == (1, "甲")  # its result came back with the COMMIT
+    assert _names(pg_items) == ["甲", "乙"]
+    with pg_items.transaction() as s:  # the pooled connection works as before
+        assert s.execute(select(func.count()).select_from(ITEMS)).scalar_one() == 2
+
+
+def test_the_error_of_a_statement_sent_with_the_commit_fails_the_commit(pg_items: Database) -> None:
+    with pytest.raises(IntegrityError):  # wrapped as SQLAlchemy wraps it, raised by the COMMIT
+        with pg_items.transaction() as s:
+            conn = session_connection(s)
+            with pipeline(conn, until_commit=True):
+                ADD.send(conn, {"id": 1, "name": "甲"})
+                ADD.send(conn, {"id": 1, "name": "甲"})
+            reached_the_commit = True
+    assert reached_the_commit
+    assert _names(pg_items) == []
+    with pg_items.transaction() as s:
+        s.execute(insert(ITEMS), {"id": 1, "name": "乙"})
+    assert _names(pg_items) == ["乙"]
+
+
+def test_sqlalchemy_statements_after_an_until_commit_block_sync_it_first(pg_items: Database) -> None:
+    with pg_items.transaction() as s:
+        conn = session_connection(s)
+        with pipeline(conn, until_commit=True):
+            ADD.send(conn, {"id": 1, "name": "甲"})
+            ADD.send(conn, {"id": 2, "name": "甲"})
+        result = s.execute(update(ITEMS).where(ITEMS.c.name == "甲").values(name="乙"))
+        assert result.rowcount == 2  # the queued inserts ran first; rowcount is exact again
+        assert not _in_pipeline_mode(conn)
+    assert _names(pg_items) == ["乙", "乙"]
+
+    with pytest.raises(IntegrityError):  # an error still queued surfaces at that statement
+        with pg_items.transaction() as s:
+            conn = session_connection(s)
+            with pipeline(conn, until_commit=True):
+                ADD.send(conn, {"id": 1, "name": "丙"})
+            s.execute(select(func.count()).select_from(ITEMS))
+    assert _names(pg_items) == ["乙", "乙"]
+
+
+def test_a_failure_after_an_until_commit_block_rolls_everything_back(pg_items: Database) -> None:
+    with pytest.raises(RuntimeError, match="after"):
+        with pg_items.transaction() as s:
+            conn = session_connection(s)
+            with pipeline(conn, until_commit=True):
+                ADD.send(conn, {"id": 1, "name": "甲"})
+                ADD.send(conn, {"id": 1, "name": "甲"})  # its error is dropped with the transaction
+            raise RuntimeError("failed after the block")
+    with pytest.raises(RuntimeError, match="inside"):
+        with pg_items.transaction() as s:
+            conn = session_connection(s)
+            with pipeline(conn, until_commit=True):
+                ADD.send(conn, {"id": 2, "name": "乙"})
+                raise RuntimeError("failed inside the block")
+    assert _names(pg_items) == []
+    with pg_items.transaction() as s:
+        assert not _in_pipeline_mode(session_connection(s))
+        ADD.send(session_connection(s), {"id": 3, "name": "丙"})
+    assert _names(pg_items) == ["丙"]
+
+
+def test_pending_results_are_read_once_and_say_what_they_hold(items: Database) -> None:
+    with items.transaction() as s:
+        conn = session_connection(s)
+        renamed = RENAME.send(conn, {"item": 1, "new_name": "乙"})
+        assert isinstance(renamed, Pending)
+        with pytest.raises(TypeError, match="no rows"):
+            renamed.first()
+        assert renamed.rowcount() == 0
+        with pytest.raises(LookupError):
+            Prepared(select(ITEMS.c.id)).send(conn, {}).scalar()
+
+
+# --- the ping of idle pooled connections (PostgreSQL) ----------------------------------------------
+
+
+def _backend_pid(database: Database) -> int:
+    with database.transaction() as s:
+        return int(s.execute(text("SELECT pg_backend_pid()")).scalar_one())
+
+
+def _terminate(url: str, pid: int) -> None:
+    """End a backend from another engine (a pool would hand back the very connection to end)."""
+    outsider = Database.from_url(url, pool_size=1)
+    try:
+        with outsider.engine.connect() as other:
+            other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            other.commit()
+    finally:
+        outsider.dispose()
+
+
+@pytest.fixture
+def pg_url(pg_database_url: str) -> str:
+    return pg_database_url
+
+
+def test_an_idle_connection_whose_server_went_away_is_replaced_before_use(pg_url: str) -> None:
+    database = Database.from_url(pg_url, pool_size=2, ping_after_idle=0.05)
+    try:
+        pid = _backend_pid(database)
+        _terminate(pg_url, pid)
+        time.sleep(0.1)
+        assert _backend_pid(database) != pid  # pinged, found dead, replaced: nothing failed
+    finally:
+        database.dispose()
+
+
+def test_a_connection_used_just_now_is_not_pinged(pg_url: str) -> None:
+    database = Database.from_url(pg_url, pool_size=1, max_overflow=0, ping_after_idle=60)
+    pings = []
+    real_ping = database.engine.dialect.do_ping
+
+    def counted(dbapi_connection: Any) -> bool:
+        pings.append(1)
+        return bool(real_ping(dbapi_connection))
+
+    database.engine.dialect.do_ping = counted  # type: ignore[method-assign]
+    try:
+        pid = _backend_pid(database)
+        for _ in range(3):
+            assert _backend_pid(database) == pid
+        assert pings == []
+        # what that trades: a connection lost within the idle window fails its next statement once;
+        # the pool then drops it, and the next unit of work gets a fresh one
+        _terminate(pg_url, pid)
+        with pytest.raises(OperationalError):
+            _backend_pid(database)
+        assert _backend_pid(database) != pid
+    finally:
+        database.dispose()
+
+
+# --- the receipt number computed in SQL -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("before", [0, 41, 99_998, 99_999, 123_455])
+def test_the_counted_receipt_number_is_the_one_python_formats(db: Database, before: int) -> None:
+    name, prefix = "receipt-2611", "R2611-"
+    counted = Prepared(select(numbers.counted_receipt_number()))
+    with db.transaction() as s:
+        s.execute(insert(numbers.Counter), {"name": name, "value": before})
+    with db.transaction() as s:
+        numbers.bump(s, name)
+        in_sql = counted.scalar(session_connection(s), {"counter_name": name, "receipt_prefix": prefix})
+    with db.transaction() as s:
+        s.execute(update(numbers.Counter).where(numbers.Counter.name == name).values(value=before))
+    with db.transaction() as s:
+        in_python = numbers.next_receipt_number(s, dt.datetime(2026, 11, 26, tzinfo=CHINA_TZ))
+    assert in_sql == in_python == f"R2611-{before + 1:05d}"
