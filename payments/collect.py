@@ -128,14 +128,15 @@ def apply_wechat_payment(
     payable) is still recorded as a Payment whose excess is refunded, plus an anomaly; money that
     cannot be attached at all (unknown order, wrong merchant, wrong amount) becomes an anomaly.
     """
-    detail = {"facts": _facts_view(facts)}
     if facts.appid != appid or facts.mchid != mchid:
         if _paid_already(session, facts.transaction_id):
             return PaymentResult(Outcome.duplicate)
+        detail = {"facts": _facts_view(facts)}
         return _anomaly_result(session, AnomalyKind.merchant_mismatch, facts, None, detail)
     fitting = apply_fitting_payment(session, facts)  # the common case, in a few Core statements
     if fitting is not None:
         return fitting
+    detail = {"facts": _facts_view(facts)}  # what an anomaly records
     # Lock the bill through its attempt in one statement, then read the attempt and look for the
     # payment under that lock: a concurrent delivery of the same notification waits here and then
     # finds the Payment the first one committed.
