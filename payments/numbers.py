@@ -69,6 +69,7 @@ class _ZeroPadded(ColumnElement[str]):
         self.value, self.width = value, width
 
 
+@compiles(_ZeroPadded)  # PostgreSQL's form, also for printing a statement without a dialect
 @compiles(_ZeroPadded, "postgresql")
 def _zero_padded_pg(element: _ZeroPadded, compiler: Any, **kw: Any) -> str:
     text = f"CAST({compiler.process(element.value, **kw)} AS TEXT)"

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import fcntl
+import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -271,3 +274,79 @@ def test_a_forked_child_starts_with_fresh_group_commit_mutexes(sqlite_file: Data
         child.join(5)
     assert finished and child.exitcode == 0
     assert _names(sqlite_file) == ["child"]
+
+
+# --- durability on SQLite: the WAL is synced after the write lock is released ---------------------
+
+
+def test_sqlite_connections_commit_without_waiting_for_the_disk(sqlite_file: Database) -> None:
+    with sqlite_file.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar_one() == 1  # NORMAL: sync_wal does it
+
+
+def test_a_write_transaction_returns_after_its_wal_is_synced_outside_the_write_lock(
+    sqlite_file: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lock = sqlite_file.writer_lock
+    assert lock is not None and sqlite_file.wal_path is not None
+    synced: list[tuple[int, bool]] = []
+    real_fdatasync = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        probe = os.open(lock.path, os.O_RDWR)
+        try:  # another process could take the write lock while we wait for the disk
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(probe, fcntl.LOCK_UN)
+            free = True
+        except BlockingIOError:
+            free = False
+        finally:
+            os.close(probe)
+        synced.append((os.fstat(fd).st_ino, free))
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    with sqlite_file.transaction() as s:
+        s.execute(insert(THINGS), ROW)
+        assert synced == []  # not before the commit
+    assert synced == [(os.stat(sqlite_file.wal_path).st_ino, True)]
+    assert sqlite_file.batched(_insert("乙")) == "乙 done"
+    assert len(synced) == 2
+    with pytest.raises(ValueError):
+        with sqlite_file.transaction() as s:
+            s.execute(insert(THINGS), ROW)
+            raise ValueError("rolled back")
+    assert len(synced) == 2  # nothing committed, nothing to sync
+    with sqlite_file.read() as s:
+        s.execute(select(THINGS)).all()
+    assert len(synced) == 2  # readers never sync
+
+
+def test_a_batch_is_answered_only_after_its_wal_is_synced(
+    sqlite_file: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entered, release = threading.Event(), threading.Event()
+    real_fdatasync = os.fdatasync
+
+    def slow_fdatasync(fd: int) -> None:
+        entered.set()
+        assert release.wait(10)
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", slow_fdatasync)
+    answers: list[str] = []
+    caller = threading.Thread(target=lambda: answers.append(sqlite_file.batched(_insert("甲"))))
+    caller.start()
+    assert entered.wait(10)
+    time.sleep(0.05)
+    assert answers == []  # committed, but not answered while the disk has not confirmed it
+    release.set()
+    caller.join(10)
+    assert answers == ["甲 done"]
+
+
+def test_syncing_a_wal_that_is_gone_does_nothing(tmp_path: Path) -> None:
+    database = Database.from_url(f"sqlite:///{tmp_path / 'gone.sqlite3'}")
+    assert database.wal_path == f"{tmp_path / 'gone.sqlite3'}-wal" and not os.path.exists(database.wal_path)
+    database.sync_wal()  # nothing was written yet: no WAL, nothing to flush
+    assert Database.from_url("sqlite://").wal_path is None
