@@ -23,7 +23,18 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import JSON, ColumnElement, Connection, DateTime, Engine, MetaData, create_engine, event, text
+from sqlalchemy import (
+    JSON,
+    ColumnElement,
+    Connection,
+    DateTime,
+    Engine,
+    MetaData,
+    create_engine,
+    event,
+    inspect,
+    text,
+)
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.compiler import compiles
@@ -99,7 +110,15 @@ def build_engine(url: str, *, ping_after_idle: float = PING_AFTER_IDLE, **kwargs
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         # Readers (Database.read) take a deferred BEGIN: a consistent WAL snapshot, no write lock.
-        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
+        # Straight on the DBAPI cursor (every transaction runs this; errors wrapped as SQLAlchemy's).
+        sql = "BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE"
+        cursor = conn.connection.dbapi_connection.cursor()
+        try:
+            cursor.execute(sql)
+        except conn.dialect.loaded_dbapi.Error as exc:
+            _raise_wrapped(conn, exc, sql, None, cursor)
+        finally:
+            cursor.close()
 
     return engine
 
@@ -653,6 +672,19 @@ _MISSING = object()
 
 def _row_type(keys: list[str]) -> Any:
     return namedtuple("Row", keys)  # the column names are known only once compiled
+
+
+M = TypeVar("M")
+
+
+def loaded_copy(cls: type[M], values: Mapping[str, Any]) -> M:
+    """A transient instance of a mapped class holding ``values`` as if they had been loaded: filled
+    the way the ORM fills what it loads (straight into the instance's dict, no attribute events),
+    at a fraction of the constructor's cost. Never added to a session; its methods and properties
+    work as on any instance, and what they change is tracked from there on."""
+    instance = cast(M, inspect(cls).class_manager.new_instance())
+    instance.__dict__.update(values)
+    return instance
 
 
 def session_connection(session: Session) -> Connection:

@@ -25,7 +25,7 @@ from typing import Any, cast
 from sqlalchemy import String, Table, Text, bindparam, exists, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from db import CHINA_TZ, JSONText, Pending, Prepared, pipeline, session_connection, utcnow
+from db import CHINA_TZ, JSONText, Pending, Prepared, loaded_copy, pipeline, session_connection, utcnow
 from erp_sync.outbox import OutboxEvent, Topic, build_event, insert_deliveries
 from payments.bills import bill_event_data
 from payments.models import (
@@ -222,11 +222,10 @@ def apply_fitting_payment(session: Session, facts: WeChatPaymentFacts) -> Paymen
     if current.paid_id is not None:
         return PaymentResult(Outcome.duplicate)
     fields = locked._asdict()
-    customer = Customer(**{name: fields.pop(f"customer_{name}") for name in _CUSTOMER_FIELDS})
-    bill = Bill(**fields, customer=customer)  # transient copies: never added to the session
-    attempt = PaymentAttempt(
-        id=current.id, out_trade_no=facts.out_trade_no, status=current.status, amount_fen=current.amount_fen
-    )
+    customer = loaded_copy(Customer, {name: fields.pop(f"customer_{name}") for name in _CUSTOMER_FIELDS})
+    bill = loaded_copy(Bill, {**fields, "customer": customer})  # transient copies: never in the session
+    attempt = loaded_copy(PaymentAttempt, {"id": current.id, "out_trade_no": facts.out_trade_no,
+                                           "status": current.status, "amount_fen": current.amount_fen})
     fits = bill.status in PAYABLE and facts.amount_fen <= bill.outstanding_fen
     if facts.amount_fen != attempt.amount_fen or attempt.status not in _SUCCEEDABLE or not fits:
         return None
@@ -248,19 +247,21 @@ def apply_fitting_payment(session: Session, facts: WeChatPaymentFacts) -> Paymen
 
     counter, prefix = receipt_counter(facts.success_time)
     placeholder = f"__receipt_{secrets.token_hex(16)}__"  # unguessable: no bill text can contain it
-    payment = Payment(
-        bill_id=bill.id,
-        attempt_id=attempt.id,
-        method=PaymentMethod.wechat,
-        amount_fen=facts.amount_fen,
-        excess_fen=0,
-        refunded_fen=0,
-        transaction_id=facts.transaction_id,
-        receipt_no=placeholder,
-        payer_openid=facts.payer_openid,
-        paid_at=facts.success_time,
-        created_at=now,
-    )
+    payment = loaded_copy(Payment, {
+        "bill_id": bill.id,
+        "attempt_id": attempt.id,
+        "method": PaymentMethod.wechat,
+        "amount_fen": facts.amount_fen,
+        "excess_fen": 0,
+        "refunded_fen": 0,
+        "transaction_id": facts.transaction_id,
+        "receipt_no": placeholder,
+        "payer_openid": facts.payer_openid,
+        "paid_at": facts.success_time,
+        "created_at": now,
+        "recorded_by_id": None,
+        "note": None,
+    })
     data = payment_data(bill, payment, attempt, late)
     event, deliveries = build_event(Topic.payment_succeeded, bill=bill, data=data, now=now)  # bumps bill.seq
     if bill.seq != from_seq + 1:
