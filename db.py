@@ -38,7 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Session, configure_mappers, sessionmaker
 from sqlalchemy.pool import NullPool
 from sqlalchemy.sql.visitors import InternalTraversal
 from sqlalchemy.types import TypeDecorator
@@ -682,7 +682,10 @@ def loaded_copy(cls: type[M], values: Mapping[str, Any]) -> M:
     the way the ORM fills what it loads (straight into the instance's dict, no attribute events),
     at a fraction of the constructor's cost. Never added to a session; its methods and properties
     work as on any instance, and what they change is tracked from there on."""
-    instance = cast(M, inspect(cls).class_manager.new_instance())
+    mapper = inspect(cls)
+    if not mapper.configured:  # what a constructor's first call would do
+        configure_mappers()
+    instance = cast(M, mapper.class_manager.new_instance())
     instance.__dict__.update(values)
     return instance
 

@@ -35,7 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from db import Database, GroupCommit, Prepared, UTCDateTime
+from db import Database, GroupCommit, Prepared, UTCDateTime, loaded_copy
 from migrations.runner import upgrade
 
 
@@ -350,3 +350,20 @@ def test_syncing_a_wal_that_is_gone_does_nothing(tmp_path: Path) -> None:
     assert database.wal_path == f"{tmp_path / 'gone.sqlite3'}-wal" and not os.path.exists(database.wal_path)
     database.sync_wal()  # nothing was written yet: no WAL, nothing to flush
     assert Database.from_url("sqlite://").wal_path is None
+
+
+def test_a_loaded_copy_reads_like_a_loaded_row_and_tracks_changes_from_there(db: Database) -> None:
+    from sqlalchemy import inspect as sa_inspect
+
+    from payments.models import Bill, BillStatus, Customer
+
+    customer = loaded_copy(Customer, {"id": 7, "name": "张三"})
+    bill = loaded_copy(Bill, {"id": 1, "number": "B2611-0001", "amount_fen": 3_800_000, "paid_fen": 0,
+                              "refunded_fen": 0, "status": BillStatus.open, "seq": 1, "customer": customer})
+    state = sa_inspect(bill)
+    assert state.transient and not state.modified  # as if loaded: nothing to write yet
+    assert (bill.outstanding_fen, bill.customer.name, bill.title) == (3_800_000, "张三", None)
+    bill.apply_payment(1_000_000)
+    assert (bill.paid_fen, bill.status) == (1_000_000, BillStatus.partially_paid)
+    assert bill.outstanding_fen == 2_800_000
+    assert state.modified and sa_inspect(bill).attrs.paid_fen.history.added == [1_000_000]
