@@ -167,13 +167,15 @@ def _create_or_repeat(
     return jsonify(bill_body(bill)), 201
 
 
-@bp.get("/bills/<string:number>")
+# merge_slashes=False: a number with a "/" in it (…/bills/%2F0) is an unknown bill (404), not a 308
+# redirect to another bill's address
+@bp.get("/bills/<string:number>", merge_slashes=False)
 def get_bill(number: str) -> Response:
     with current_db().transaction() as session:
         return jsonify(bill_body(_find_bill(session, number)))
 
 
-@bp.post("/bills/<string:number>/void")
+@bp.post("/bills/<string:number>/void", merge_slashes=False)
 def void(number: str) -> Response:
     data = api_schema.validate(api_schema.VOID, _json_body(optional=True))
     with current_db().transaction() as session:
@@ -183,7 +185,7 @@ def void(number: str) -> Response:
         return jsonify(bill_body(bill))
 
 
-@bp.post("/bills/<string:number>/refunds")
+@bp.post("/bills/<string:number>/refunds", merge_slashes=False)
 def refund(number: str) -> tuple[Response, int]:
     data = api_schema.validate(api_schema.REFUND_CREATE, _json_body())
     for _ in range(2):

@@ -95,6 +95,10 @@ def test_json_that_is_not_an_object_is_422(client):
 def test_unknown_bill_is_404_and_a_bill_is_readable_by_number(client):
     assert client.get("/api/v1/bills/B2611-9999", headers=auth()).status_code == 404
     assert client.get("/api/v1/bills/%00", headers=auth()).status_code == 404
+    for path in ("/api/v1/bills/%2F0", "/api/v1/bills//0", "/api/v1/bills//0/void"):  # never a redirect
+        method = client.post if path.endswith("void") else client.get
+        response = method(path, headers=auth())
+        assert response.status_code == 404 and response.get_json()["error"]["code"] == "not_found", path
     number = client.post("/api/v1/bills", json=BILL, headers=auth()).get_json()["number"]
 
     response = client.get(f"/api/v1/bills/{number.lower()}", headers=auth())
