@@ -8,6 +8,12 @@ every change — ``PaymentAttempt.succeed`` and ``Bill.apply_payment`` run on tr
 locked rows — and the rows are then written with compare-and-set UPDATEs, so a row that changed
 underneath (impossible under the bill lock) fails loudly instead of being overwritten.
 
+On PostgreSQL the statements go out in three round trips (``db.pipeline``): BEGIN with the bill lock
+and the reads; the compare-and-set writes, whose counts are checked before anything else is sent;
+then the receipt counter's bump, the payment and its event numbered from it in SQL, the deliveries,
+the caller's last statements and the COMMIT. The counter row, which every payment locks until its
+transaction ends, is therefore held only while the database runs that last batch.
+
 Anything unusual (unknown order, a duplicate, a wrong amount, a bill that no longer takes money, an
 overpayment) returns ``None`` from ``apply_fitting_payment``, and the general path in
 payments/collect.py handles it with the ORM.
