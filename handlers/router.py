@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from bot.menu import CONTACT_SERVICE, MY_BILLS, PAY_HELP
 from bot.replies import MAX_ARTICLES, NoReply, ReadAnswer, Reply, TextReply
 from bot.wire import Inbound
-from db import Prepared, utcnow
+from db import Prepared, pipeline, utcnow
 from handlers import customer, staff, staff_money, staff_refund
 from handlers.context import Ctx, identify
 from handlers.grammar import ROLE_LABELS, Audience, Command, Parsed, help_text, parse, usage_text
@@ -95,7 +95,9 @@ def read_only(connection: Connection, inbound: Inbound) -> ReadAnswer | None:
     click = inbound.msg_type == "event" and inbound.event == "click" and inbound.event_key in READ_ONLY_CLICKS
     if parsed is None and not click:
         return None
-    rows = _SENDER.all(connection, {"openid": inbound.openid})
+    with pipeline(connection):  # PostgreSQL: the transaction's BEGIN and the read in one round trip
+        sender = _SENDER.send(connection, {"openid": inbound.openid})
+    rows = sender.all()
     if not rows or rows[0].is_staff:
         return None
     found = rows[0]
