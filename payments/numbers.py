@@ -110,8 +110,8 @@ def next_bill_number(session: Session, now: dt.datetime) -> str:
 
 
 def next_receipt_number(session: Session, now: dt.datetime) -> str:
-    month = _month(now)
-    return f"R{month}-{next_value(session, 'receipt-' + month):0{RECEIPT_DIGITS}d}"
+    name, prefix = receipt_counter(now)
+    return f"{prefix}{next_value(session, name):0{RECEIPT_DIGITS}d}"
 
 
 def new_out_trade_no(bill_number: str) -> str:
