@@ -38,6 +38,18 @@ def mask(text: str) -> str:
     return _OPENID.sub(lambda m: "o***" + m.group(1), text)
 
 
+class MaskingFilter(logging.Filter):
+    """Masks a record's message where it is logged (the development server's access log, which
+    prints whole request lines: access tokens, signatures, openids in query strings)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = mask(record.getMessage()), None
+        return True
+
+
+_DEV_SERVER_MASK = MaskingFilter()
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -198,6 +210,9 @@ def render_metrics(app: Flask) -> str:
 
 def init_app(app: Flask, redis_url: str | None = None, namespace: str = "") -> None:
     global _counters
+    werkzeug_log = logging.getLogger("werkzeug")  # `flask run` / `make run`: its access log
+    if _DEV_SERVER_MASK not in werkzeug_log.filters:
+        werkzeug_log.addFilter(_DEV_SERVER_MASK)
     if redis_url:
         _counters = Counters(redis_url, namespace)
 
