@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import requests
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from erp_sync.outbox import OutboxEvent
 from payments.models import AttemptStatus, Bill, BillStatus, Payment, PaymentAnomaly, PaymentAttempt
@@ -235,3 +235,35 @@ def test_a_notification_that_fails_to_apply_is_kept_answered_500_and_applied_on_
     monkeypatch.undo()
     assert post(paybench, headers, body).status_code == 204
     assert state(paybench, number)[0].status is BillStatus.paid
+
+
+def test_a_write_that_fails_with_the_commit_leaves_nothing_and_no_gap_in_receipt_numbers(
+    paybench: PayBench, sign_notification: SignFn
+) -> None:
+    """The hot path's last statements go out with the COMMIT on PostgreSQL (at once on SQLite): one
+    that fails there (here the event's (bill, seq) is taken) fails the whole notification — 500, the
+    raw notification kept, no payment, the receipt counter not moved — and the retry applies it with
+    the next receipt number, as if the failure had never happened."""
+    number = paybench.issue_bill(500_000)
+    out_trade_no = open_native(paybench, number)
+    headers, body = sign_notification(transaction(paybench, out_trade_no, 500_000))
+    with paybench.db.transaction() as s:
+        bill = s.execute(select(Bill).where(Bill.number == number)).scalar_one()
+        blocker = OutboxEvent(id="evt_blocker", topic="test.blocker", bill_id=bill.id, seq=bill.seq + 1,
+                              payload={})
+        s.add(blocker)
+    failed = post(paybench, headers, body)
+    assert failed.status_code == 500 and failed.json()["code"] == "FAIL"
+    bill, payments, events, _ = state(paybench, number)
+    assert (bill.status, bill.paid_fen, payments, events) == (BillStatus.open, 0, 0, 0)
+    with paybench.db.transaction() as s:
+        assert s.execute(select(PaymentNotification.outcome)).scalar_one() is None  # kept for the retry
+        s.execute(delete(OutboxEvent).where(OutboxEvent.id == "evt_blocker"))
+    assert post(paybench, headers, body).status_code == 204
+    bill, payments, events, _ = state(paybench, number)
+    assert (bill.status, payments, events) == (BillStatus.paid, 1, 1)
+    with paybench.db.transaction() as s:
+        receipt = s.execute(select(Payment.receipt_no)).scalar_one()
+        paid = select(OutboxEvent.payload).where(OutboxEvent.topic == "payment.succeeded")
+        payload = s.execute(paid).scalar_one()
+    assert receipt.endswith("-00001") and payload["data"]["payment"]["receipt_no"] == receipt
