@@ -17,7 +17,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Mapped, Session, mapped_column
 from sqlalchemy.sql.visitors import InternalTraversal
 
-from db import CHINA_TZ, Base, Prepared, session_connection
+from db import CHINA_TZ, Base, Pending, Prepared, session_connection
 
 
 class Counter(Base):
@@ -43,8 +43,7 @@ _BUMP = {dialect: Prepared(_bump_statement(dialect)) for dialect in ("postgresql
 def next_value(session: Session, name: str) -> int:
     """Bump and return a named counter in one statement (an upsert that locks the counter row
     until the caller's transaction ends, so numbers are unique and gapless per commit order)."""
-    connection = session_connection(session)
-    return int(_BUMP[connection.dialect.name].scalar(connection, {"counter_name": name}))
+    return int(bump(session, name).scalar())
 
 
 def _month(now: dt.datetime) -> str:
@@ -97,11 +96,11 @@ def counted_receipt_number() -> Any:
     return select(number).where(table.c.name == bindparam("counter_name")).scalar_subquery()
 
 
-def bump(session: Session, name: str) -> None:
-    """Bump a counter without waiting for its value (inside a ``db.pipeline``, the bump is queued
-    with the statements that use it; see ``counted_receipt_number``)."""
+def bump(session: Session, name: str) -> Pending:
+    """Bump a counter; its new value is read from the result when needed (inside a ``db.pipeline``
+    the bump is queued with the statements that use it, see ``counted_receipt_number``)."""
     connection = session_connection(session)
-    _BUMP[connection.dialect.name].send(connection, {"counter_name": name})
+    return _BUMP[connection.dialect.name].send(connection, {"counter_name": name})
 
 
 def next_bill_number(session: Session, now: dt.datetime) -> str:

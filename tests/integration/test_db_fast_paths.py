@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session
 
 from db import Database, GroupCommit, Prepared, UTCDateTime, loaded_copy
 from migrations.runner import upgrade
+from tests.fixtures.database import with_tables
 
 
 class Colour(enum.StrEnum):
@@ -64,11 +65,7 @@ ROW = {"name": "甲", "colour": Colour.blue, "at": AT, "day": dt.date(2026, 12, 
 
 @pytest.fixture
 def things(db: Database) -> Iterator[Database]:
-    META.create_all(db.engine)
-    try:
-        yield db
-    finally:
-        META.drop_all(db.engine)
+    yield from with_tables(db, META)
 
 
 def test_prepared_writes_and_reads_what_connection_execute_does(things: Database) -> None:
@@ -242,15 +239,11 @@ def test_a_failed_commit_runs_each_unit_again_alone_and_applies_it_once(
     assert _names(sqlite_file) == ["a", "b", "blocker"]
 
 
-def test_batched_without_the_writer_lock_is_one_transaction(db: Database) -> None:
-    META.create_all(db.engine)
-    try:
-        assert db.batched(_insert("only")) == "only done"
-        with pytest.raises(ValueError):
-            db.batched(_insert("never", fail=True))
-        assert _names(db) == ["only"]
-    finally:
-        META.drop_all(db.engine)
+def test_batched_without_the_writer_lock_is_one_transaction(things: Database) -> None:
+    assert things.batched(_insert("only")) == "only done"
+    with pytest.raises(ValueError):
+        things.batched(_insert("never", fail=True))
+    assert _names(things) == ["only"]
 
 
 def _batched_in_child(database: Database, done: Any) -> None:

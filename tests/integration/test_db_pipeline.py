@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from db import CHINA_TZ, Database, Pending, Prepared, pipeline, session_connection
 from payments import numbers
+from tests.fixtures.database import with_tables
 
 META = MetaData()
 ITEMS = Table("pipeline_items", META, Column("id", Integer, primary_key=True), Column("name", String(20)))
@@ -25,20 +26,12 @@ RENAME = Prepared(update(ITEMS).where(ITEMS.c.id == bindparam("item")).values(na
 
 @pytest.fixture
 def items(db: Database) -> Iterator[Database]:
-    META.create_all(db.engine)
-    try:
-        yield db
-    finally:
-        META.drop_all(db.engine)
+    yield from with_tables(db, META)
 
 
 @pytest.fixture
 def pg_items(pg_db: Database) -> Iterator[Database]:
-    META.create_all(pg_db.engine)
-    try:
-        yield pg_db
-    finally:
-        META.drop_all(pg_db.engine)
+    yield from with_tables(pg_db, META)
 
 
 def _names(database: Database) -> list[str]:
