@@ -230,10 +230,16 @@ class PaymentAttempt(Base):
     """One order at WeChat Pay. ``succeeded`` is reachable from ``closed``: a late payment."""
 
     __tablename__ = "payment_attempts"
-    __table_args__ = (Index("ix_payment_attempts_status_next_check", "status", "next_check_at"),)
+    __table_args__ = (
+        Index("ix_payment_attempts_status_next_check", "status", "next_check_at"),
+        # A bill's attempts, and its pending ones (applying a payment asks whether others are open):
+        # with bill_id alone the planner may AND it with the status index, whose 'pending' entries
+        # (dead ones too, until vacuum) number in the thousands.
+        Index("ix_payment_attempts_bill_status", "bill_id", "status"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    bill_id: Mapped[int] = mapped_column(ForeignKey("bills.id"), index=True)
+    bill_id: Mapped[int] = mapped_column(ForeignKey("bills.id"))
     out_trade_no: Mapped[str] = mapped_column(String(32), unique=True)
     channel: Mapped[Channel] = mapped_column(_enum(Channel, "attempt_channel"))
     amount_fen: Mapped[int] = mapped_column(BigInteger)
