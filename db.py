@@ -444,7 +444,8 @@ class Prepared:
         if c.insert_prefetch or c.update_prefetch:  # Python-side column defaults: give every column
             raise ValueError("Prepared statements must be given the columns that have Python defaults")
         processors = c._bind_processors
-        names = c.positiontup if c.positional else list(c.binds)
+        # c.binds also lists each anonymous parameter under its internal key: the rendered names only
+        names = c.positiontup if c.positional else list(dict.fromkeys(c.bind_names.values()))
         binds = []
         for name in names or ():
             param = c.binds[name]
