@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import (
+    ARRAY,
     JSON,
     Connection,
     ForeignKey,
@@ -26,7 +27,11 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    bindparam,
+    func,
     insert,
+    literal,
+    select,
     text,
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
@@ -75,7 +80,7 @@ class OutboxEvent(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     topic: Mapped[str] = mapped_column(String(40), index=True)
-    bill_id: Mapped[int | None] = mapped_column(ForeignKey("bills.id"), index=True)
+    bill_id: Mapped[int | None] = mapped_column(ForeignKey("bills.id"))  # indexed: uq_outbox_events_bill_seq
     seq: Mapped[int | None] = mapped_column(Integer)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
@@ -203,8 +208,8 @@ def build_event(
     event_row = {"id": event_id, "topic": str(topic), "bill_id": bill_id, "seq": seq, "payload": payload,
                  "created_at": now}
     deliveries = [
-        {"event_id": event_id, "subscriber": name, "bill_id": bill_id, "seq": seq, "status": "pending",
-         "attempts": 0, "next_attempt_at": now, "created_at": now}
+        {"event_id": event_id, "subscriber": name, "bill_id": bill_id, "seq": seq,
+         "status": DeliveryStatus.pending.value, "attempts": 0, "next_attempt_at": now, "created_at": now}
         for name in registry.for_topic(str(topic))
     ]
     return event_row, deliveries
@@ -213,6 +218,27 @@ def build_event(
 def insert_deliveries(connection: Connection, deliveries: list[dict[str, Any]]) -> None:
     if deliveries:
         _INSERT_DELIVERIES.many(connection, deliveries)
+
+
+def fan_out_statement() -> Any:
+    """PostgreSQL: an event's delivery rows — one per name in the array ``:subscribers``, as
+    ``build_event`` makes them — in one INSERT … SELECT, for a statement that writes the event too
+    (payments/applying.py). Binds: ``event_id``, ``event_bill_id``, ``event_seq``,
+    ``event_created_at`` and ``subscribers``."""
+    names = func.unnest(bindparam("subscribers", type_=ARRAY(String)))
+    subscribers = names.table_valued("subscriber").render_derived()  # unnest(…) AS anon(subscriber)
+    now = bindparam("event_created_at", type_=_DELIVERIES.c.created_at.type)
+    rows = select(
+        bindparam("event_id", type_=_DELIVERIES.c.event_id.type),
+        subscribers.c.subscriber,
+        bindparam("event_bill_id", type_=Integer),
+        bindparam("event_seq", type_=Integer),
+        literal(DeliveryStatus.pending.value, String),
+        literal(0, Integer),
+        now,
+        now,
+    )
+    return insert(_DELIVERIES).from_select(list(_DELIVERY_COLUMNS), rows)
 
 
 def emit(

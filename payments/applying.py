@@ -8,11 +8,13 @@ every change — ``PaymentAttempt.succeed`` and ``Bill.apply_payment`` run on tr
 locked rows — and the rows are then written with compare-and-set UPDATEs, so a row that changed
 underneath (impossible under the bill lock) fails loudly instead of being overwritten.
 
-On PostgreSQL the statements go out in three round trips (``db.pipeline``): BEGIN with the bill lock
-and the reads; the compare-and-set writes, whose counts are checked before anything else is sent;
-then the receipt counter's bump, the payment and its event numbered from it in SQL, the deliveries,
-the caller's last statements and the COMMIT. The counter row, which every payment locks until its
-transaction ends, is therefore held only while the database runs that last batch.
+On PostgreSQL it takes two round trips (``db.pipeline``): BEGIN with the bill lock and the reads;
+then every write in ONE statement of data-modifying CTEs (``_write_in_one_statement``: the
+compare-and-set UPDATEs, whose miss fails the statement; the receipt counter's bump; the payment and
+its event numbered from it in SQL; the deliveries) with the caller's last statements and the COMMIT.
+The counter row, which every payment locks until its transaction ends, is therefore held only while
+the database runs that last batch. On SQLite, in-process and inside the write lock, the same writes
+run as statements of their own (``_write_in_turn``); tests run both against the general path.
 
 Anything unusual (unknown order, a duplicate, a wrong amount, a bill that no longer takes money, an
 overpayment) returns ``None`` from ``apply_fitting_payment``, and the general path in
@@ -28,11 +30,27 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import String, Table, Text, bindparam, exists, func, insert, select, update
+from sqlalchemy import (
+    Boolean,
+    Connection,
+    Integer,
+    String,
+    Table,
+    Text,
+    bindparam,
+    case,
+    exists,
+    func,
+    insert,
+    literal_column,
+    select,
+    update,
+)
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import Session
 
 from db import CHINA_TZ, JSONText, Pending, Prepared, loaded_copy, pipeline, session_connection, utcnow
-from erp_sync.outbox import OutboxEvent, Topic, build_event, insert_deliveries
+from erp_sync.outbox import OutboxEvent, Topic, build_event, fan_out_statement, insert_deliveries
 from payments.bills import bill_event_data
 from payments.models import (
     PAYABLE,
@@ -46,7 +64,7 @@ from payments.models import (
     PaymentMethod,
 )
 from payments.numbers import bump as bump_counter
-from payments.numbers import counted_receipt_number, receipt_counter
+from payments.numbers import bump_statement, counted_receipt_number, receipt_counter, receipt_number
 
 
 class Outcome(enum.StrEnum):
@@ -166,6 +184,7 @@ _INSERT_PAYMENT = Prepared(
     columns=_PAYMENT_COLUMNS,
 )
 _EVENTS = cast(Table, OutboxEvent.__table__)
+_EVENT_FIELDS = ("id", "topic", "bill_id", "seq", "created_at")  # and the payload, numbered in SQL
 _INSERT_PAYMENT_EVENT = Prepared(
     insert(_EVENTS).values(
         payload=JSONText(
@@ -176,7 +195,7 @@ _INSERT_PAYMENT_EVENT = Prepared(
             )
         )
     ),
-    columns=("id", "topic", "bill_id", "seq", "created_at"),
+    columns=_EVENT_FIELDS,
 )
 _SUCCEEDABLE = (AttemptStatus.pending, AttemptStatus.closed)
 _SUCCEED_ATTEMPT = Prepared(
@@ -199,12 +218,67 @@ _SETTLE_BILL = Prepared(
 _CLOSE_OTHER_ATTEMPTS = Prepared(
     update(_ATTEMPTS)
     .where(
-        _ATTEMPTS.c.bill_id == bindparam("paid_bill_id"),
+        _ATTEMPTS.c.bill_id == bindparam("locked_bill_id"),
         _ATTEMPTS.c.status == AttemptStatus.pending,
-        _ATTEMPTS.c.id != bindparam("paid_attempt_id"),
+        _ATTEMPTS.c.id != bindparam("attempt_id"),
     )
-    .values(status=AttemptStatus.closed, closed_at=bindparam("now"), close_reason="bill_paid")
+    .values(status=AttemptStatus.closed, closed_at=bindparam("closed_at"), close_reason="bill_paid")
 )
+
+
+def _exactly_one_row(changed: Any, what: str) -> Any:
+    """True when the data-modifying CTE ``changed`` wrote exactly one row; otherwise the statement
+    fails (a text that is no integer: SQL has no RAISE), and with it the transaction."""
+    rows = func.count()
+    error = literal_column(f"'renopay: {what} changed underneath the payment being applied; rows: '",
+                           String) + sql_cast(rows, String)
+    check = select(case((rows == 1, 1), else_=sql_cast(error, Integer))).select_from(changed)
+    return check.scalar_subquery() == 1
+
+
+def _write_in_one_statement() -> Prepared:
+    """PostgreSQL: every write of a fitting payment as ONE statement of data-modifying CTEs — the
+    compare-and-set UPDATEs, the counter's bump, the payment and its event numbered from it, the
+    deliveries — sent with the caller's last statements and the COMMIT. A compare-and-set that
+    matches no row fails the statement, so the COMMIT that follows it in the pipeline never commits.
+    All parts run on one snapshot; none reads another's rows except through RETURNING (the receipt
+    number), and the foreign keys (deliveries → event) are checked when the statement ends.
+
+    Binds: those of the compare-and-set statements above and ``close_others``; ``counter_name`` and
+    ``receipt_prefix``; ``payment_<column>``; ``event_<column>``, ``payload_text``, ``placeholder``
+    and ``subscribers`` (see ``fan_out_statement``)."""
+    succeeded = _SUCCEED_ATTEMPT.statement.returning(_ATTEMPTS.c.id).cte("succeeded")
+    settled = _SETTLE_BILL.statement.returning(_BILLS.c.id).cte("settled")
+    closed_others = _CLOSE_OTHER_ATTEMPTS.statement.where(bindparam("close_others", type_=Boolean))
+    closed = closed_others.returning(_ATTEMPTS.c.id).cte("closed")
+    counter = bump_statement("postgresql").cte("counter")
+    numbered = (
+        select(receipt_number(counter.c.value).label("receipt_no"))
+        .select_from(counter)
+        .where(_exactly_one_row(succeeded, "the attempt"), _exactly_one_row(settled, "the bill"))
+        .cte("numbered")
+    )
+    payment_values = (bindparam(f"payment_{c}", type_=_PAYMENTS.c[c].type) for c in _PAYMENT_COLUMNS)
+    payment = (
+        insert(_PAYMENTS)
+        .from_select([*_PAYMENT_COLUMNS, "receipt_no"], select(*payment_values, numbered.c.receipt_no))
+        .returning(_PAYMENTS.c.id, _PAYMENTS.c.receipt_no)
+        .cte("payment")
+    )
+    event_values = (bindparam(f"event_{c}", type_=_EVENTS.c[c].type) for c in _EVENT_FIELDS)
+    payload = JSONText(func.replace(bindparam("payload_text", type_=Text),
+                                    bindparam("placeholder", type_=String), numbered.c.receipt_no))
+    event = (
+        insert(_EVENTS)
+        .from_select([*_EVENT_FIELDS, "payload"], select(*event_values, payload).select_from(numbered))
+        .cte("event")
+    )
+    deliveries = fan_out_statement().cte("deliveries")
+    ordered = (succeeded, settled, closed, counter, numbered, payment, event, deliveries)  # as referenced
+    return Prepared(select(payment.c.id, payment.c.receipt_no).add_cte(*ordered))
+
+
+_WRITE_AT_ONCE = _write_in_one_statement()
 
 
 class ConcurrentChange(RuntimeError):
@@ -240,17 +314,6 @@ def apply_fitting_payment(session: Session, facts: WeChatPaymentFacts) -> Paymen
     attempt.succeed()
     bill.apply_payment(facts.amount_fen)
     now, from_seq = utcnow(), bill.seq
-    settled = {"locked_bill_id": bill.id, "from_seq": from_seq, "new_paid_fen": bill.paid_fen,
-               "new_status": bill.status, "new_seq": from_seq + 1, "now": now}  # the event's seq, below
-    with pipeline(conn):  # PostgreSQL: one round trip; the counts are checked before anything else
-        succeeding = _SUCCEED_ATTEMPT.send(conn, {"attempt_id": attempt.id, "from_status": from_status})
-        settling = _SETTLE_BILL.send(conn, settled)
-        if bill.status is BillStatus.paid and current.others_pending:
-            _CLOSE_OTHER_ATTEMPTS.send(conn, {"paid_bill_id": bill.id, "paid_attempt_id": attempt.id,
-                                              "now": facts.success_time})
-    _write_one(succeeding.rowcount())
-    _write_one(settling.rowcount())
-
     counter, prefix = receipt_counter(facts.success_time)
     placeholder = f"__receipt_{secrets.token_hex(16)}__"  # unguessable: no bill text can contain it
     payment = loaded_copy(Payment, {
@@ -272,21 +335,53 @@ def apply_fitting_payment(session: Session, facts: WeChatPaymentFacts) -> Paymen
     event, deliveries = build_event(Topic.payment_succeeded, bill=bill, data=data, now=now)  # bumps bill.seq
     if bill.seq != from_seq + 1:
         raise ConcurrentChange("the event's seq is not the one written to the bill")
-    numbering = {"counter_name": counter, "receipt_prefix": prefix}
-    payment_row = {column: getattr(payment, column) for column in _PAYMENT_COLUMNS} | numbering
-    payload_text = json.dumps(event["payload"])
-    event_row = {**event, "payload_text": payload_text, "placeholder": placeholder, **numbering}
-    # PostgreSQL: these, the caller's last statements and the COMMIT go out in one round trip.
-    with pipeline(conn, until_commit=True):
-        bump_counter(session, counter)
-        numbered = _INSERT_PAYMENT.send(conn, payment_row)
-        _INSERT_PAYMENT_EVENT.send(conn, event_row)
-        insert_deliveries(conn, deliveries)
+    writes = {
+        "attempt_id": attempt.id, "from_status": from_status,  # compare-and-set: the attempt
+        "locked_bill_id": bill.id, "from_seq": from_seq,  # and the bill, with the event's seq
+        "new_paid_fen": bill.paid_fen, "new_status": bill.status, "new_seq": bill.seq, "now": now,
+        "close_others": bill.status is BillStatus.paid and bool(current.others_pending),
+        "closed_at": facts.success_time,
+        "counter_name": counter, "receipt_prefix": prefix,
+        "payload_text": json.dumps(event["payload"]), "placeholder": placeholder,
+    }
+    if conn.dialect.name == "postgresql":
+        numbered = _write_at_once(conn, writes, payment, event, deliveries)
+    else:
+        numbered = _write_in_turn(session, conn, writes, payment, event, deliveries)
     if session.identity_map:  # objects the caller loaded earlier no longer match their rows
         session.expire_all()
     return PaymentResult(Outcome.applied, payment, numbered=numbered)
 
 
-def _write_one(rowcount: int) -> None:
+def _write_at_once(conn: Connection, writes: dict[str, Any], payment: Payment, event: dict[str, Any],
+                   deliveries: list[dict[str, Any]]) -> Pending:
+    """PostgreSQL: one statement, sent with the caller's last statements and the COMMIT."""
+    params = {
+        **writes,
+        **{f"payment_{column}": getattr(payment, column) for column in _PAYMENT_COLUMNS},
+        **{f"event_{field}": event[field] for field in _EVENT_FIELDS},
+        "subscribers": [delivery["subscriber"] for delivery in deliveries],
+    }
+    with pipeline(conn, until_commit=True):
+        return _WRITE_AT_ONCE.send(conn, params)
+
+
+def _write_in_turn(session: Session, conn: Connection, writes: dict[str, Any], payment: Payment,
+                   event: dict[str, Any], deliveries: list[dict[str, Any]]) -> Pending:
+    """SQLite (in-process, inside the write lock): the same writes as statements of their own; the
+    compare-and-set counts are checked before anything else is written."""
+    _write_one(_SUCCEED_ATTEMPT.rowcount(conn, writes), "the attempt")
+    _write_one(_SETTLE_BILL.rowcount(conn, writes), "the bill")
+    if writes["close_others"]:
+        _CLOSE_OTHER_ATTEMPTS.send(conn, writes)
+    bump_counter(session, writes["counter_name"])
+    payment_row = writes | {column: getattr(payment, column) for column in _PAYMENT_COLUMNS}
+    numbered = _INSERT_PAYMENT.send(conn, payment_row)
+    _INSERT_PAYMENT_EVENT.send(conn, writes | event)
+    insert_deliveries(conn, deliveries)
+    return numbered
+
+
+def _write_one(rowcount: int, what: str) -> None:
     if rowcount != 1:
-        raise ConcurrentChange("a locked row changed underneath the payment being applied")
+        raise ConcurrentChange(f"{what} changed underneath the payment being applied; rows: {rowcount}")

@@ -27,7 +27,7 @@ class Counter(Base):
     value: Mapped[int] = mapped_column(Integer, default=0)
 
 
-def _bump_statement(dialect: str) -> Any:
+def bump_statement(dialect: str) -> Any:
     """The counter upsert, built once per dialect against the table (a Core statement with a bound
     name: SQLAlchemy caches its compiled form, and no ORM bookkeeping runs on the hot path)."""
     table = cast(Table, Counter.__table__)
@@ -37,7 +37,7 @@ def _bump_statement(dialect: str) -> Any:
     return bump.returning(table.c.value)
 
 
-_BUMP = {dialect: Prepared(_bump_statement(dialect)) for dialect in ("postgresql", "sqlite")}
+_BUMP = {dialect: Prepared(bump_statement(dialect)) for dialect in ("postgresql", "sqlite")}
 
 
 def next_value(session: Session, name: str) -> int:
@@ -86,14 +86,19 @@ def receipt_counter(now: dt.datetime) -> tuple[str, str]:
     return "receipt-" + month, f"R{month}-"
 
 
+def receipt_number(value: Any) -> Any:
+    """The receipt number of a counter ``value`` (a column) with the prefix ``:receipt_prefix``, in
+    SQL: what ``next_receipt_number`` formats."""
+    return bindparam("receipt_prefix", type_=String) + _ZeroPadded(value, RECEIPT_DIGITS)
+
+
 def counted_receipt_number() -> Any:
-    """The receipt number of the value the counter ``:counter_name`` holds now, with the prefix
-    ``:receipt_prefix``, as a scalar subquery: what ``next_receipt_number`` returns, computed by the
-    database — for a statement sent right after the counter's bump in the same transaction (which
+    """The receipt number of the value the counter ``:counter_name`` holds now, as a scalar
+    subquery — for a statement sent right after the counter's bump in the same transaction (which
     holds the counter row until it ends), without waiting for the bump's result."""
     table = cast(Table, Counter.__table__)
-    number = bindparam("receipt_prefix", type_=String) + _ZeroPadded(table.c.value, RECEIPT_DIGITS)
-    return select(number).where(table.c.name == bindparam("counter_name")).scalar_subquery()
+    number = select(receipt_number(table.c.value)).where(table.c.name == bindparam("counter_name"))
+    return number.scalar_subquery()
 
 
 def bump(session: Session, name: str) -> Pending:

@@ -7,13 +7,14 @@ import datetime as dt
 from typing import Any
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 
 from db import CHINA_TZ
-from erp_sync.outbox import OutboxEvent
+from erp_sync.outbox import OutboxDelivery, OutboxEvent
 from payments import applying, services
 from payments.applying import Outcome
 from payments.models import AttemptStatus, Bill, BillStatus, Channel, Payment, PaymentAttempt
+from payments.numbers import Counter
 from tests.fixtures.domain import APPID, MCHID, Builder
 
 WHEN = dt.datetime(2026, 11, 26, 2, 30, tzinfo=dt.UTC)
@@ -46,11 +47,20 @@ def _rows(build: Builder, bill_id: int) -> tuple[Any, ...]:
             .where(PaymentAttempt.bill_id == bill_id)
             .order_by(PaymentAttempt.id)
         ).all()
+        deliveries = s.execute(
+            select(OutboxDelivery.subscriber, OutboxDelivery.status, OutboxDelivery.attempts,
+                   OutboxDelivery.seq, OutboxDelivery.next_attempt_at == OutboxDelivery.created_at,
+                   OutboxEvent.topic)
+            .join(OutboxEvent, OutboxEvent.id == OutboxDelivery.event_id)
+            .where(OutboxDelivery.bill_id == bill_id)
+            .order_by(OutboxDelivery.seq)
+        ).all()
         return (
             (bill.status, bill.paid_fen, bill.seq),
             (payment.amount_fen, payment.excess_fen, payment.refunded_fen, payment.method, payment.paid_at,
              payment.payer_openid, payment.attempt_id is not None, payment.receipt_no[:6]),
             [tuple(a) for a in attempts],
+            [tuple(d) for d in deliveries],
         )
 
 
@@ -82,6 +92,7 @@ def test_the_hot_path_writes_what_the_general_path_writes(
     assert fast == slow
     assert fast[0] == (BillStatus.paid, amount, 2)
     assert fast[2] == [(AttemptStatus.closed, "bill_paid", WHEN), (AttemptStatus.succeeded, None, None)]
+    assert fast[3][-1] == ("erp", "pending", 0, 2, True, "payment.succeeded")
     assert _paid_event(build, fast_bill) == _paid_event(build, slow_bill)
 
 
@@ -139,3 +150,43 @@ def test_hot_path_receipt_numbers_follow_the_counter_and_reach_the_event(
     assert [(r.payment.id, r.payment.receipt_no) for r in results] == [tuple(row) for row in rows]
     assert sorted(e["data"]["payment"]["receipt_no"] for e in events) == [r.receipt_no for r in rows]
     assert not [text_ for text_ in stored if "__receipt_" in text_]  # no placeholder left anywhere
+
+
+MEDDLING = {  # a write to the locked rows that nothing can make while the payment holds the bill lock
+    "bill": "UPDATE bills SET seq = seq + 1 WHERE id = :bill_id",
+    "attempt": "UPDATE payment_attempts SET status = 'closed' WHERE out_trade_no = :out_trade_no",
+}
+
+
+@pytest.mark.parametrize("changed", sorted(MEDDLING))
+def test_a_locked_row_that_changed_underneath_fails_the_whole_payment(
+    build: Builder, monkeypatch: pytest.MonkeyPatch, changed: str
+) -> None:
+    """The hot path decides on copies of the rows it read and writes them back compare-and-set: a
+    row that no longer holds what was read fails the transaction — on PostgreSQL inside the one
+    statement that goes out with the COMMIT, which therefore never commits — and nothing of the
+    payment is left: no payment, no event, no receipt number taken, the bill and order as before."""
+    bill_id = build.bill(200_000)
+    order = build.attempt(bill_id)
+    number_for = applying.receipt_counter
+    with pytest.raises(Exception, match="changed underneath") as raised:
+        with build.db.transaction() as s:
+
+            def meddle(when: dt.datetime) -> tuple[str, str]:  # runs between the read and the writes
+                s.execute(text(MEDDLING[changed]), {"bill_id": bill_id, "out_trade_no": order})
+                return number_for(when)
+
+            monkeypatch.setattr(applying, "receipt_counter", meddle)
+            applying.apply_fitting_payment(s, build.facts(order, 200_000, when=WHEN))
+    assert f"the {changed}" in str(raised.value)
+    monkeypatch.undo()
+    with build.db.read() as s:
+        assert s.scalar(select(func.count()).select_from(Payment)) == 0
+        assert s.scalar(select(func.count()).select_from(OutboxEvent).where(
+            OutboxEvent.topic == "payment.succeeded")) == 0
+        assert s.scalar(select(func.count()).select_from(Counter).where(Counter.name.like("receipt-%"))) == 0
+        bill = s.get_one(Bill, bill_id)
+        assert (bill.status, bill.paid_fen, bill.seq) == (BillStatus.open, 0, 1)
+        assert s.scalar(select(PaymentAttempt.status).where(PaymentAttempt.out_trade_no == order)) \
+            is AttemptStatus.pending
+    assert build.pay(order, 200_000, when=WHEN).outcome is Outcome.applied  # and the retry applies it
