@@ -53,7 +53,7 @@ def _rows(build: Builder, bill_id: int) -> tuple[Any, ...]:
                    OutboxEvent.topic)
             .join(OutboxEvent, OutboxEvent.id == OutboxDelivery.event_id)
             .where(OutboxDelivery.bill_id == bill_id)
-            .order_by(OutboxDelivery.seq)
+            .order_by(OutboxDelivery.seq, OutboxDelivery.subscriber)
         ).all()
         return (
             (bill.status, bill.paid_fen, bill.seq),
@@ -92,7 +92,7 @@ def test_the_hot_path_writes_what_the_general_path_writes(
     assert fast == slow
     assert fast[0] == (BillStatus.paid, amount, 2)
     assert fast[2] == [(AttemptStatus.closed, "bill_paid", WHEN), (AttemptStatus.succeeded, None, None)]
-    assert fast[3][-1] == ("erp", "pending", 0, 2, True, "payment.succeeded")
+    assert ("erp", "pending", 0, 2, True, "payment.succeeded") in fast[3]  # and to every other subscriber
     assert _paid_event(build, fast_bill) == _paid_event(build, slow_bill)
 
 
