@@ -104,6 +104,26 @@ def test_prepared_update_rowcount_many_and_missing_parameters(things: Database) 
     assert [tuple(r) for r in colours] == [("甲", Colour.red, ROW["data"]), ("乙", Colour.red, None)]
 
 
+def test_prepared_passes_each_parameter_once(things: Database) -> None:
+    """Literal values become anonymous parameters, which SQLAlchemy's compiled form lists under an
+    internal key as well as under the name in the SQL: only the rendered names go to the driver."""
+    anonymous = Prepared(
+        update(THINGS).where(THINGS.c.colour == Colour.blue, THINGS.c.name != "丙")
+        .values(colour=Colour.red, name=bindparam("new_name"))
+    )
+    with things.transaction() as s:
+        conn = s.connection()
+        Prepared(insert(THINGS), columns=COLUMNS).many(conn, [ROW, {**ROW, "name": "丙"}])
+        assert anonymous.rowcount(conn, {"new_name": "丁"}) == 1
+        compiled = anonymous._compiled(conn.dialect)
+        names = [name for name, *_ in compiled.binds]
+        rendered = conn.execute(select(THINGS.c.name, THINGS.c.colour).order_by(THINGS.c.id)).all()
+    assert len(names) == len(set(names)) == 4  # colour, name (set); colour, name (compared)
+    if not compiled.positional:  # PostgreSQL: each name appears in the SQL as a placeholder
+        assert all(f"%({name})s" in compiled.sql for name in names)
+    assert [tuple(r) for r in rendered] == [("丁", Colour.red), ("丙", Colour.blue)]
+
+
 def test_prepared_raises_sqlalchemy_errors_like_connection_execute(things: Database) -> None:
     inserted = Prepared(insert(THINGS), columns=("id", *COLUMNS))
     with pytest.raises(IntegrityError):  # the same primary key twice
