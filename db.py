@@ -591,11 +591,12 @@ def pipeline(connection: Connection, *, until_commit: bool = False) -> Iterator[
 
     On PostgreSQL (psycopg's pipeline mode) the statements are queued without waiting for their
     results, which come back together when the block ends (one round trip instead of one each; the
-    transaction's BEGIN rides along too). Reading a result inside the block costs a round trip for
-    everything queued so far. With ``until_commit`` the block's end does not wait either: its
-    statements, and any ``Prepared`` statement sent after it, go out with the transaction's COMMIT
-    (or ROLLBACK), and their errors are raised by the commit. On SQLite this does nothing: each
-    statement runs when it is sent.
+    BEGIN that psycopg sends before a transaction's first statement is synced on its own, one round
+    trip more, and so is leaving the pipeline after a COMMIT). Reading a result inside the block
+    costs a round trip for everything queued so far. With ``until_commit`` the block's end does not
+    wait either: its statements, and any ``Prepared`` statement sent after it, go out with the
+    transaction's COMMIT (or ROLLBACK), and their errors are raised by the commit. On SQLite this
+    does nothing: each statement runs when it is sent.
 
     Only ``Prepared`` statements may run in a pipeline, never the ORM or ``Connection.execute``:
     SQLAlchemy reads a cursor's rowcount right after executing, which a pipeline fills in only
