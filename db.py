@@ -647,11 +647,26 @@ def _close_pipeline(info: dict[Any, Any], *, failed: bool = False) -> None:
 def install_pipeline_guards(engine: Engine) -> None:
     """Close an ``until_commit`` pipeline before anything but a ``Prepared`` statement or the
     COMMIT runs on its connection: SQLAlchemy's own executions, a ROLLBACK, and the connection's
-    return to the pool."""
+    return to the pool. The COMMIT itself is queued in the pipeline, which closes with it."""
 
     @event.listens_for(engine, "before_cursor_execute")
     def _before_execute(conn: Connection, *_args: Any) -> None:
         _close_pipeline(conn.info)  # errors are wrapped by the execution that triggered this
+
+    @event.listens_for(engine, "commit")
+    def _commit_in_pipeline(conn: Connection) -> None:
+        # psycopg's commit() would sync the pipeline, and leaving it would sync once more: queued
+        # behind the statements, the COMMIT goes with the one sync that closes the pipeline. The
+        # DBAPI commit() that SQLAlchemy calls next finds the transaction over and does nothing. If
+        # a statement failed, the COMMIT is skipped with it and the error is raised here.
+        if conn.info.get(_PIPELINE) is None:
+            return
+        cursor = conn.connection.cursor()
+        try:
+            cursor.execute("COMMIT")
+            _close_pipeline(conn.info)
+        except conn.dialect.loaded_dbapi.Error as exc:
+            _raise_wrapped(conn, exc, "COMMIT", None, cursor)
 
     @event.listens_for(engine, "rollback")
     def _before_rollback(conn: Connection) -> None:

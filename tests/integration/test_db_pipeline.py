@@ -110,6 +110,36 @@ def test_an_until_commit_block_goes_out_with_the_commit(pg_items: Database) -> N
         assert s.execute(select(func.count()).select_from(ITEMS)).scalar_one() == 2
 
 
+def test_an_until_commit_block_and_its_commit_take_one_round_trip(pg_items: Database, tmp_path: Any) -> None:
+    """The COMMIT is queued behind the block's statements and goes with the sync that closes the
+    pipeline: one Sync on the wire (psycopg's own commit() would sync, then leaving pipeline mode
+    would sync again)."""
+    trace = tmp_path / "protocol.trace"
+    session = pg_items.session_factory()
+    try:
+        conn = session_connection(session)
+        session.execute(select(func.count()).select_from(ITEMS))  # BEGIN and a first statement
+        pgconn = conn.connection.dbapi_connection.pgconn
+        with trace.open("w") as out:
+            pgconn.trace(out.fileno())
+            try:
+                with pipeline(conn, until_commit=True):
+                    ADD.send(conn, {"id": 1, "name": "甲"})
+                    ADD.send(conn, {"id": 2, "name": "乙"})
+                session.commit()
+                left = not pgconn.pipeline_status
+            finally:
+                pgconn.untrace()
+    finally:
+        session.close()
+    messages = [line.split("\t")[1:] for line in trace.read_text().splitlines()]
+    sent = [" ".join(part.strip() for part in rest) for way, _length, *rest in messages if way == "F"]
+    assert [message for message in sent if message.startswith("Sync")] == ["Sync"]
+    assert 'Parse "" "COMMIT" 0' in sent  # the COMMIT went out with that one sync
+    assert left  # pipeline mode was left at the COMMIT, not when the connection went back to the pool
+    assert _names(pg_items) == ["甲", "乙"]
+
+
 def test_the_error_of_a_statement_sent_with_the_commit_fails_the_commit(pg_items: Database) -> None:
     with pytest.raises(IntegrityError):  # wrapped as SQLAlchemy wraps it, raised by the COMMIT
         with pg_items.transaction() as s:
