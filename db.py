@@ -23,6 +23,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+from psycopg.pq import TransactionStatus
 from sqlalchemy import (
     JSON,
     ColumnElement,
@@ -84,6 +85,7 @@ def build_engine(url: str, *, ping_after_idle: float = PING_AFTER_IDLE, **kwargs
         if not kwargs.get("pool_pre_ping"):
             _ping_after_idle(engine, ping_after_idle)
         if engine.dialect.driver == "psycopg":
+            install_deferred_begin(engine)
             install_pipeline_guards(engine)
         return engine
 
@@ -477,6 +479,7 @@ class Prepared:
         reading its result before the block ends costs a round trip. Elsewhere it runs at once and
         its result is read before this returns."""
         compiled = self._compiled(connection.dialect)
+        begin_if_idle(connection)
         cursor = connection.connection.cursor()
         self._run(connection, cursor, compiled.sql, self._bind(compiled, params), many=False)
         pending = Pending(connection, compiled, cursor)
@@ -509,6 +512,7 @@ class Prepared:
         """One ``executemany`` of a statement without RETURNING (inside ``pipeline()``, queued with
         the block's other statements)."""
         compiled = self._compiled(connection.dialect)
+        begin_if_idle(connection)
         cursor = connection.connection.cursor()
         params = [self._bind(compiled, row) for row in rows]
         self._run(connection, cursor, compiled.sql, params, many=True)
@@ -590,10 +594,9 @@ def pipeline(connection: Connection, *, until_commit: bool = False) -> Iterator[
     """Send the ``Prepared`` statements of the block together.
 
     On PostgreSQL (psycopg's pipeline mode) the statements are queued without waiting for their
-    results, which come back together when the block ends (one round trip instead of one each; the
-    BEGIN that psycopg sends before a transaction's first statement is synced on its own, one round
-    trip more, and so is leaving the pipeline after a COMMIT). Reading a result inside the block
-    costs a round trip for everything queued so far. With ``until_commit`` the block's end does not
+    results, which come back together when the block ends (one round trip instead of one each; a
+    transaction's BEGIN rides along, see ``install_deferred_begin``). Reading a result inside the
+    block costs a round trip for everything queued so far. With ``until_commit`` the block's end does not
     wait either: its statements, and any ``Prepared`` statement sent after it, go out with the
     transaction's COMMIT (or ROLLBACK), and their errors are raised by the commit. On SQLite this
     does nothing: each statement runs when it is sent.
@@ -642,6 +645,56 @@ def _close_pipeline(info: dict[Any, Any], *, failed: bool = False) -> None:
         opened.__exit__(None, None, None)
     except Exception as exc:  # the statements' errors belong to a transaction that is rolled back
         _log.debug("pipeline closed on an abandoned transaction: %s", exc)
+
+
+_DEFERRED_BEGIN = "renopay_deferred_begin"  # ConnectionRecord.info: this connection's BEGIN is ours to send
+_BEGIN = "BEGIN"
+_AUTOCOMMIT = "AUTOCOMMIT"
+
+
+def install_deferred_begin(engine: Engine) -> None:
+    """PostgreSQL: a transaction's BEGIN goes with its first statement, not in a round trip of its own.
+
+    Left to itself, psycopg sends BEGIN before a transaction's first statement and, in pipeline
+    mode, syncs it alone: a round trip per transaction (a third of a payment notification's). Here
+    the connections run in psycopg's autocommit mode — it sends no BEGIN — and BEGIN is sent by us
+    whenever a statement is about to run on a connection that SQLAlchemy has in a transaction while
+    the server says idle (``begin_if_idle``): before SQLAlchemy's own executions (ORM flushes,
+    ``Connection.execute``: all pass ``before_cursor_execute``), and before a ``Prepared`` statement,
+    which inside a ``pipeline`` queues it in the same round trip. COMMIT and ROLLBACK are psycopg's,
+    which send them whenever the server is in a transaction, whatever the mode; a transaction that
+    ran nothing sends nothing. Statements in SQLAlchemy's AUTOCOMMIT isolation run without BEGIN.
+    Every statement on these connections passes one of the two paths, so none runs outside its
+    transaction (tests run every write path of the suite on PostgreSQL)."""
+
+    @event.listens_for(engine, "connect")
+    def _autocommit(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.autocommit = True
+        record.info[_DEFERRED_BEGIN] = True
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _begin_first(conn: Connection, *_args: Any) -> None:
+        begin_if_idle(conn)  # errors are wrapped by the execution that triggered this
+
+
+def begin_if_idle(connection: Connection) -> None:
+    """Send BEGIN if ``connection`` is in a SQLAlchemy transaction that the server has not started
+    (see ``install_deferred_begin``; does nothing elsewhere, and on SQLite)."""
+    if not connection.info.get(_DEFERRED_BEGIN):
+        return
+    dbapi_connection = connection.connection.dbapi_connection
+    if dbapi_connection is None or not dbapi_connection.autocommit:  # not autocommit: psycopg begins
+        return
+    if dbapi_connection.pgconn.transaction_status != TransactionStatus.IDLE:
+        return
+    if not connection.in_transaction():
+        return
+    if connection.get_execution_options().get("isolation_level") == _AUTOCOMMIT:
+        return
+    try:
+        dbapi_connection.execute(_BEGIN)  # in a pipeline: queued with what follows
+    except connection.dialect.loaded_dbapi.Error as exc:
+        _raise_wrapped(connection, exc, _BEGIN, None, None)
 
 
 def install_pipeline_guards(engine: Engine) -> None:

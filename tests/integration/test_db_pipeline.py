@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from psycopg.pq import TransactionStatus
 from sqlalchemy import Column, Integer, MetaData, String, Table, bindparam, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -41,6 +42,12 @@ def _names(database: Database) -> list[str]:
 
 def _in_pipeline_mode(conn: Any) -> bool:
     return bool(conn.connection.dbapi_connection.pgconn.pipeline_status)
+
+
+def _sent(trace: Any) -> list[str]:
+    """The frontend messages of a libpq protocol trace, as ``Parse "" "BEGIN" 0``, ``Sync``, …"""
+    messages = [line.split("\t")[1:] for line in trace.read_text().splitlines()]
+    return [" ".join(part.strip() for part in rest) for way, _length, *rest in messages if way == "F"]
 
 
 def test_statements_of_a_block_give_their_results_on_both_databases(items: Database) -> None:
@@ -132,8 +139,7 @@ def test_an_until_commit_block_and_its_commit_take_one_round_trip(pg_items: Data
                 pgconn.untrace()
     finally:
         session.close()
-    messages = [line.split("\t")[1:] for line in trace.read_text().splitlines()]
-    sent = [" ".join(part.strip() for part in rest) for way, _length, *rest in messages if way == "F"]
+    sent = _sent(trace)
     assert [message for message in sent if message.startswith("Sync")] == ["Sync"]
     assert 'Parse "" "COMMIT" 0' in sent  # the COMMIT went out with that one sync
     assert left  # pipeline mode was left at the COMMIT, not when the connection went back to the pool
@@ -285,3 +291,79 @@ def test_the_counted_receipt_number_is_the_one_python_formats(db: Database, befo
     with db.transaction() as s:
         in_python = numbers.next_receipt_number(s, dt.datetime(2026, 11, 26, tzinfo=CHINA_TZ))
     assert in_sql == in_python == f"R2611-{before + 1:05d}"
+
+
+def test_a_transactions_begin_goes_with_its_first_statements(pg_items: Database, tmp_path: Any) -> None:
+    """psycopg, left to itself, syncs the BEGIN it sends before a transaction's first statement on its
+    own (a round trip); here BEGIN is queued with the first statements: the whole unit of work — BEGIN,
+    a block of two statements, one more with the COMMIT — is two round trips."""
+    trace = tmp_path / "protocol.trace"
+    session = pg_items.session_factory()
+    try:
+        conn = session_connection(session)
+        pgconn = conn.connection.dbapi_connection.pgconn
+        with trace.open("w") as out:
+            pgconn.trace(out.fileno())
+            try:
+                with pipeline(conn):
+                    ADD.send(conn, {"id": 1, "name": "甲"})
+                    renamed = RENAME.send(conn, {"item": 1, "new_name": "乙"})
+                assert renamed.rowcount() == 1
+                with pipeline(conn, until_commit=True):
+                    ADD.send(conn, {"id": 2, "name": "丙"})
+                session.commit()
+            finally:
+                pgconn.untrace()
+    finally:
+        session.close()
+    sent = _sent(trace)
+    first_sync = sent.index("Sync")
+    parsed = [message.split('"')[3].split()[0] for message in sent if message.startswith("Parse")]
+    assert sent.count("Sync") == 2
+    assert parsed == ["BEGIN", "INSERT", "UPDATE", "INSERT", "COMMIT"]
+    assert sum(message.startswith("Parse") for message in sent[:first_sync]) == 3  # BEGIN went with both
+    assert _names(pg_items) == ["乙", "丙"]
+
+
+FIRST_WRITES = {
+    "Connection.execute": lambda s, conn: s.execute(insert(ITEMS), {"id": 1, "name": "甲"}),
+    "Prepared": lambda s, conn: ADD.send(conn, {"id": 1, "name": "甲"}).rowcount(),
+    "Prepared.many": lambda s, conn: ADD.many(conn, [{"id": 1, "name": "甲"}]),
+    "Prepared in a pipeline": lambda s, conn: _in_a_pipeline(conn),
+}
+
+
+def _in_a_pipeline(conn: Any) -> None:
+    with pipeline(conn):
+        ADD.send(conn, {"id": 1, "name": "甲"})
+
+
+@pytest.mark.parametrize("first", sorted(FIRST_WRITES))
+def test_the_first_statement_of_a_transaction_is_inside_it(pg_items: Database, first: str) -> None:
+    """Whichever way a transaction's first write runs, BEGIN went before it: a later failure takes
+    it back with everything else (connections run in psycopg's autocommit mode, so a write that ran
+    without our BEGIN would stay)."""
+    with pytest.raises(IntegrityError):
+        with pg_items.transaction() as s:
+            conn = session_connection(s)
+            assert conn.connection.dbapi_connection.autocommit  # BEGIN is ours to send
+            FIRST_WRITES[first](s, conn)
+            s.execute(insert(ITEMS), {"id": 1, "name": "again"})  # the same primary key: fails
+    assert _names(pg_items) == []
+
+
+def test_a_unit_that_runs_nothing_and_a_pinged_connection_leave_no_transaction_open(pg_url: str) -> None:
+    database = Database.from_url(pg_url, pool_size=1, max_overflow=0, ping_after_idle=0)
+    try:
+        with database.transaction() as s:
+            conn = session_connection(s)  # checked out and pinged: the ping ran outside any transaction
+            pgconn = conn.connection.dbapi_connection.pgconn
+            assert pgconn.transaction_status == TransactionStatus.IDLE
+            s.execute(select(func.count()).select_from(text("pg_class")))
+            assert pgconn.transaction_status == TransactionStatus.INTRANS
+        assert pgconn.transaction_status == TransactionStatus.IDLE  # committed
+        with database.transaction():
+            pass
+        assert pgconn.transaction_status == TransactionStatus.IDLE
+    finally:
+        database.dispose()
