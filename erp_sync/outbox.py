@@ -79,7 +79,7 @@ class OutboxEvent(Base):
     __table_args__ = (UniqueConstraint("bill_id", "seq", name="uq_outbox_events_bill_seq"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    topic: Mapped[str] = mapped_column(String(40), index=True)
+    topic: Mapped[str] = mapped_column(String(40))
     bill_id: Mapped[int | None] = mapped_column(ForeignKey("bills.id"))  # indexed: uq_outbox_events_bill_seq
     seq: Mapped[int | None] = mapped_column(Integer)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -93,7 +93,6 @@ class OutboxDelivery(Base):
     __table_args__ = (
         UniqueConstraint("event_id", "subscriber", name="uq_outbox_deliveries_event_subscriber"),
         Index("ix_outbox_deliveries_due", "subscriber", "status", "next_attempt_at"),
-        Index("ix_outbox_deliveries_bill_order", "subscriber", "bill_id", "seq"),
         # The relay's "is an earlier event of this bill still pending?" probe (migration 0004_erp).
         Index(
             "ix_outbox_deliveries_pending_bill",
