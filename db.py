@@ -330,8 +330,10 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        """A read-only unit: one consistent snapshot, always rolled back, never a write lock (SQLite
-        readers start with a deferred BEGIN, so they don't queue behind writers; nothing to commit)."""
+        """A read-only unit, never a write lock, nothing to commit. On SQLite one consistent snapshot
+        (a deferred BEGIN: readers don't queue behind writers), rolled back at the end; on PostgreSQL
+        (READ COMMITTED) each statement sees the data as of its start, and runs without BEGIN (see
+        ``install_deferred_begin``). Writes belong in ``transaction``."""
         session = self.session_factory(bind=self._read_engine)
         try:
             yield session
@@ -663,9 +665,13 @@ def install_deferred_begin(engine: Engine) -> None:
     ``Connection.execute``: all pass ``before_cursor_execute``), and before a ``Prepared`` statement,
     which inside a ``pipeline`` queues it in the same round trip. COMMIT and ROLLBACK are psycopg's,
     which send them whenever the server is in a transaction, whatever the mode; a transaction that
-    ran nothing sends nothing. Statements in SQLAlchemy's AUTOCOMMIT isolation run without BEGIN.
-    Every statement on these connections passes one of the two paths, so none runs outside its
-    transaction (tests run every write path of the suite on PostgreSQL)."""
+    ran nothing sends nothing. Every statement on these connections passes one of the two paths, so
+    none runs outside its transaction (tests run every write path of the suite on PostgreSQL).
+
+    Statements in SQLAlchemy's AUTOCOMMIT isolation run without BEGIN, and so do those of read units
+    (``Database.read``, the ``READ_ONLY`` option): under READ COMMITTED each statement has a snapshot
+    of its own, inside a transaction or not, so BEGIN and the ROLLBACK that ends a read (a round trip
+    of its own, when the connection goes back to the pool) bought nothing."""
 
     @event.listens_for(engine, "connect")
     def _autocommit(dbapi_connection: Any, record: Any) -> None:
@@ -689,7 +695,8 @@ def begin_if_idle(connection: Connection) -> None:
         return
     if not connection.in_transaction():
         return
-    if connection.get_execution_options().get("isolation_level") == _AUTOCOMMIT:
+    options = connection.get_execution_options()
+    if options.get(READ_ONLY) or options.get("isolation_level") == _AUTOCOMMIT:
         return
     try:
         dbapi_connection.execute(_BEGIN)  # in a pipeline: queued with what follows

@@ -47,7 +47,8 @@ def _in_pipeline_mode(conn: Any) -> bool:
 def _sent(trace: Any) -> list[str]:
     """The frontend messages of a libpq protocol trace, as ``Parse "" "BEGIN" 0``, ``Sync``, …"""
     messages = [line.split("\t")[1:] for line in trace.read_text().splitlines()]
-    return [" ".join(part.strip() for part in rest) for way, _length, *rest in messages if way == "F"]
+    return [" ".join(part.strip() for part in fields[2:]) for fields in messages  # (a line of a
+            if len(fields) > 2 and fields[0] == "F"]  # statement's own text has no tabs)
 
 
 def test_statements_of_a_block_give_their_results_on_both_databases(items: Database) -> None:
@@ -367,3 +368,22 @@ def test_a_unit_that_runs_nothing_and_a_pinged_connection_leave_no_transaction_o
         assert pgconn.transaction_status == TransactionStatus.IDLE
     finally:
         database.dispose()
+
+
+def test_a_read_unit_runs_its_statements_without_begin_or_rollback(pg_items: Database, tmp_path: Any) -> None:
+    """Under READ COMMITTED every statement has its own snapshot anyway: a read unit sends neither
+    BEGIN nor, when its connection goes back to the pool, ROLLBACK (a round trip of its own)."""
+    with pg_items.transaction() as s:
+        s.execute(insert(ITEMS), [{"id": 1, "name": "甲"}, {"id": 2, "name": "乙"}])
+    trace = tmp_path / "protocol.trace"
+    with trace.open("w") as out:
+        with pg_items.read() as s:
+            pgconn = session_connection(s).connection.dbapi_connection.pgconn
+            pgconn.trace(out.fileno())
+            names = list(s.scalars(select(ITEMS.c.name).order_by(ITEMS.c.id)))
+            count = s.execute(select(func.count()).select_from(ITEMS)).scalar_one()
+        pgconn.untrace()
+    sent = _sent(trace)
+    assert (names, count) == (["甲", "乙"], 2)
+    assert not [message for message in sent if "BEGIN" in message or "ROLLBACK" in message]
+    assert [message.split()[0] for message in sent] == ["Query", "Query"]  # the two statements only
