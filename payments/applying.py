@@ -226,12 +226,15 @@ _CLOSE_OTHER_ATTEMPTS = Prepared(
 )
 
 
+_CHANGED_UNDERNEATH = "{what} changed underneath the payment being applied; rows: "
+
+
 def _exactly_one_row(changed: Any, what: str) -> Any:
     """True when the data-modifying CTE ``changed`` wrote exactly one row; otherwise the statement
     fails (a text that is no integer: SQL has no RAISE), and with it the transaction."""
     rows = func.count()
-    error = literal_column(f"'renopay: {what} changed underneath the payment being applied; rows: '",
-                           String) + sql_cast(rows, String)
+    message = "renopay: " + _CHANGED_UNDERNEATH.format(what=what)
+    error = literal_column(f"'{message}'", String) + sql_cast(rows, String)
     check = select(case((rows == 1, 1), else_=sql_cast(error, Integer))).select_from(changed)
     return check.scalar_subquery() == 1
 
@@ -384,4 +387,4 @@ def _write_in_turn(session: Session, conn: Connection, writes: dict[str, Any], p
 
 def _write_one(rowcount: int, what: str) -> None:
     if rowcount != 1:
-        raise ConcurrentChange(f"{what} changed underneath the payment being applied; rows: {rowcount}")
+        raise ConcurrentChange(_CHANGED_UNDERNEATH.format(what=what) + str(rowcount))

@@ -118,35 +118,6 @@ def test_an_until_commit_block_goes_out_with_the_commit(pg_items: Database) -> N
         assert s.execute(select(func.count()).select_from(ITEMS)).scalar_one() == 2
 
 
-def test_an_until_commit_block_and_its_commit_take_one_round_trip(pg_items: Database, tmp_path: Any) -> None:
-    """The COMMIT is queued behind the block's statements and goes with the sync that closes the
-    pipeline: one Sync on the wire (psycopg's own commit() would sync, then leaving pipeline mode
-    would sync again)."""
-    trace = tmp_path / "protocol.trace"
-    session = pg_items.session_factory()
-    try:
-        conn = session_connection(session)
-        session.execute(select(func.count()).select_from(ITEMS))  # BEGIN and a first statement
-        pgconn = conn.connection.dbapi_connection.pgconn
-        with trace.open("w") as out:
-            pgconn.trace(out.fileno())
-            try:
-                with pipeline(conn, until_commit=True):
-                    ADD.send(conn, {"id": 1, "name": "甲"})
-                    ADD.send(conn, {"id": 2, "name": "乙"})
-                session.commit()
-                left = not pgconn.pipeline_status
-            finally:
-                pgconn.untrace()
-    finally:
-        session.close()
-    sent = _sent(trace)
-    assert [message for message in sent if message.startswith("Sync")] == ["Sync"]
-    assert 'Parse "" "COMMIT" 0' in sent  # the COMMIT went out with that one sync
-    assert left  # pipeline mode was left at the COMMIT, not when the connection went back to the pool
-    assert _names(pg_items) == ["甲", "乙"]
-
-
 def test_the_error_of_a_statement_sent_with_the_commit_fails_the_commit(pg_items: Database) -> None:
     with pytest.raises(IntegrityError):  # wrapped as SQLAlchemy wraps it, raised by the COMMIT
         with pg_items.transaction() as s:
@@ -294,10 +265,11 @@ def test_the_counted_receipt_number_is_the_one_python_formats(db: Database, befo
     assert in_sql == in_python == f"R2611-{before + 1:05d}"
 
 
-def test_a_transactions_begin_goes_with_its_first_statements(pg_items: Database, tmp_path: Any) -> None:
+def test_a_unit_of_work_takes_one_round_trip_per_block(pg_items: Database, tmp_path: Any) -> None:
     """psycopg, left to itself, syncs the BEGIN it sends before a transaction's first statement on its
-    own (a round trip); here BEGIN is queued with the first statements: the whole unit of work — BEGIN,
-    a block of two statements, one more with the COMMIT — is two round trips."""
+    own, and syncs its commit() and then the pipeline's exit; here BEGIN is queued with the first
+    statements and the COMMIT behind the last ones: the whole unit of work — BEGIN, a block of two
+    statements, one more with the COMMIT — is two round trips."""
     trace = tmp_path / "protocol.trace"
     session = pg_items.session_factory()
     try:
@@ -313,6 +285,7 @@ def test_a_transactions_begin_goes_with_its_first_statements(pg_items: Database,
                 with pipeline(conn, until_commit=True):
                     ADD.send(conn, {"id": 2, "name": "丙"})
                 session.commit()
+                left = not pgconn.pipeline_status
             finally:
                 pgconn.untrace()
     finally:
@@ -323,6 +296,7 @@ def test_a_transactions_begin_goes_with_its_first_statements(pg_items: Database,
     assert sent.count("Sync") == 2
     assert parsed == ["BEGIN", "INSERT", "UPDATE", "INSERT", "COMMIT"]
     assert sum(message.startswith("Parse") for message in sent[:first_sync]) == 3  # BEGIN went with both
+    assert left  # pipeline mode was left at the COMMIT, not when the connection went back to the pool
     assert _names(pg_items) == ["乙", "丙"]
 
 
