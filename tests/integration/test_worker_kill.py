@@ -75,4 +75,5 @@ def test_killed_worker_loses_nothing_and_resends_with_the_same_idempotency_key(
     assert set(got.requests_by_key) == event_ids  # re-sends reuse the event id, never a new key
     assert got.total_requests > len(event_ids) and got.total_requests > sent_before_restart
     assert got.bad_signatures == 0
+    assert got.truncated <= 1  # only the request the kill cut short
     assert all(seqs == [1, 2] for seqs in got.seqs_by_bill().values())

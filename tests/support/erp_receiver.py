@@ -2,7 +2,9 @@
 
 It behaves like a careful ERP: it verifies ``RenoPay-Signature`` (any configured secret), dedupes by
 ``Idempotency-Key`` (a repeat is answered 200 and not processed again), and records what it saw.
-It also counts overlaps: a request whose key is already being handled by another request.
+It also counts overlaps: a request whose key is already being handled by another request, and
+truncated requests: a body shorter than its Content-Length (a sender killed mid-request leaves one;
+answered 400 without checking the signature, which could not verify anyway).
 Modes: ``ok`` (200), ``error`` (500), ``slow`` (sleeps ``delay`` then 200 — a timeout for a short
 client timeout), ``down`` is simulated by stopping the server.
 """
@@ -29,6 +31,7 @@ class Receiver:
     requests_by_key: Counter[str] = field(default_factory=Counter)
     bad_signatures: int = 0
     overlaps: int = 0
+    truncated: int = 0
     answered: Counter[int] = field(default_factory=Counter)
     _in_flight: Counter[str] = field(default_factory=Counter)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -36,6 +39,10 @@ class Receiver:
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         length = int(environ.get("CONTENT_LENGTH") or 0)
         body = environ["wsgi.input"].read(length)
+        if len(body) < length:
+            with self._lock:
+                self.truncated += 1
+            return self._answer(start_response, 400)
         key = environ.get("HTTP_IDEMPOTENCY_KEY", "")
         if not verify_signature(environ.get("HTTP_RENOPAY_SIGNATURE", ""), body, self.secrets):
             with self._lock:
