@@ -24,6 +24,7 @@ from payments.models import RefundStatus
 from payments.notifications import RawNotification, mark_processed, record_processed, store_notification
 from payments.refund_results import settle_refund
 from payments.runtime import gateway
+from payments.stored_apply import apply_in_one_call
 from payments.wechatpay import Callback, CallbackRejected, WeChatPayGateway, parse_time
 
 log = logging.getLogger("renopay.payments.notify")
@@ -111,7 +112,38 @@ def _apply_and_record(session: Session, raw: RawNotification,
 
 
 def apply_transaction(db: Database, gw: WeChatPayGateway, callback: Callback, body: str) -> str:
-    """TRANSACTION.SUCCESS → applied | duplicate | anomaly (| ignored for a non-SUCCESS state)."""
+    """TRANSACTION.SUCCESS → applied | duplicate | anomaly (| ignored for a non-SUCCESS state).
+
+    On PostgreSQL a payment of our merchant and app goes first to the database function that applies
+    a fitting payment in one call (payments/stored_apply.py); whatever it leaves goes the general way."""
+    if not db.is_sqlite:
+        outcome = _apply_in_one_call(db, gw, callback, body)
+        if outcome is not None:
+            return outcome
+    return apply_transaction_generally(db, gw, callback, body)
+
+
+def _apply_in_one_call(db: Database, gw: WeChatPayGateway, callback: Callback, body: str) -> str | None:
+    resource = callback.resource
+    if (resource.get("trade_state", "SUCCESS") != "SUCCESS" or resource.get("appid") != gw.appid
+            or resource.get("mchid") != gw.mchid):
+        return None
+    try:
+        facts = facts_from(resource)
+    except (KeyError, TypeError, ValueError):  # malformed: the general path records and answers it
+        return None
+    raw = RawNotification(callback.event_id, callback.event_type, "payment", facts.out_trade_no, body,
+                          dict(resource))
+    try:
+        return apply_in_one_call(db, facts, raw)
+    except Exception:  # one statement: it wrote nothing; the general path decides, and stores it
+        log.warning("one-call apply of %s failed; going the general way", callback.event_id, exc_info=True)
+        return None
+
+
+def apply_transaction_generally(db: Database, gw: WeChatPayGateway, callback: Callback, body: str) -> str:
+    """The notification in a unit of work of ours: the raw notification stored with what
+    ``services.apply_wechat_payment`` did (SQLite always; on PostgreSQL what the one call left)."""
 
     def apply(session: Session, resource: Mapping[str, Any]) -> str:
         if resource.get("trade_state", "SUCCESS") != "SUCCESS":
