@@ -21,7 +21,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import ARRAY, BigInteger, String, Text, bindparam, func, select
+from sqlalchemy import ARRAY, BigInteger, String, Text, bindparam, cast, func, select
 from sqlalchemy.dialects.postgresql import JSON
 
 from db import CHINA_TZ, Database, Prepared, UTCDateTime, utcnow
@@ -35,14 +35,28 @@ _ARGUMENTS = (
     ("out_trade_no", String), ("transaction_id", String), ("amount_fen", BigInteger),
     ("payer_openid", String), ("paid_at", UTCDateTime()), ("paid_at_text", String), ("now", UTCDateTime()),
     ("now_text", String), ("counter_name", String), ("receipt_prefix", String), ("event_id", String),
-    ("subscribers", ARRAY(String)), ("notification_event_id", String), ("notification_event_type", String),
+    ("subscribers", String), ("notification_event_id", String), ("notification_event_type", String),
     ("notification_body", Text), ("notification_resource", JSON),
 )
+
+
+def _argument(name: str, type_: Any) -> Any:
+    if name == "subscribers":  # an array literal: psycopg's list adaptation inspects every element per call
+        return cast(bindparam(name, type_=type_), ARRAY(String))
+    return bindparam(name, type_=type_)
+
+
 _CALL = Prepared(select(
-    getattr(func, FUNCTION)(*(bindparam(name, type_=type_) for name, type_ in _ARGUMENTS))
+    getattr(func, FUNCTION)(*(_argument(name, type_) for name, type_ in _ARGUMENTS))
     .table_valued("r_outcome", "r_payment_id", "r_receipt_no")
     .render_derived()
 ))
+
+
+def _array_literal(names: list[str]) -> str:
+    """``{"erp","notices"}``: PostgreSQL's text form of a text array."""
+    quoted = ('"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"' for name in names)
+    return "{" + ",".join(quoted) + "}"
 
 
 def _shown(moment: dt.datetime) -> str:
@@ -67,7 +81,7 @@ def apply_in_one_call(db: Database, facts: WeChatPaymentFacts, raw: RawNotificat
         "counter_name": counter,
         "receipt_prefix": prefix,
         "event_id": new_event_id(),
-        "subscribers": registry.for_topic(Topic.payment_succeeded.value),
+        "subscribers": _array_literal(registry.for_topic(Topic.payment_succeeded.value)),
         "notification_event_id": raw.event_id,
         "notification_event_type": raw.event_type,
         "notification_body": raw.body,
