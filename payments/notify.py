@@ -136,8 +136,10 @@ def _apply_in_one_call(db: Database, gw: WeChatPayGateway, callback: Callback, b
                           dict(resource))
     try:
         return apply_in_one_call(db, facts, raw)
-    except Exception:  # one statement: it wrote nothing; the general path decides, and stores it
-        log.warning("one-call apply of %s failed; going the general way", callback.event_id, exc_info=True)
+    except Exception as exc:  # one statement: it wrote nothing; the general path decides, and stores it
+        reason = getattr(exc, "orig", None) or exc  # the database's message, not the parameters
+        log.warning("one-call apply of %s failed (%s: %s); going the general way", callback.event_id,
+                    type(exc).__name__, str(reason).splitlines()[0] if str(reason) else "")
         return None
 
 

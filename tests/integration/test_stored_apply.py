@@ -263,21 +263,32 @@ def test_what_the_function_does_not_take_it_leaves_untouched(pg_db: Database, fi
     assert len(seen) == 5
 
 
-def test_a_failing_one_call_goes_the_general_way(pg_db: Database, fixed: Fixed,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+SIGNATURE = ("renopay_apply_fitting_payment(text, text, bigint, text, timestamp, text, timestamp, text, text,"
+             " text, text, text[], text, text, text, json)")
+
+
+def test_a_failing_one_call_goes_the_general_way(
+    pg_db: Database, fixed: Fixed, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The function gone (a database not migrated): the call fails, writing nothing, and the
+    notification is applied the general way; the log names the database's error, not the parameters."""
     truncate_all(pg_db)
     build = Builder(pg_db)
     order = build.attempt(_customer_bill(build, 20_000))
-
-    def broken(*_args: Any) -> None:
-        raise RuntimeError("function missing")
-
-    monkeypatch.setattr("payments.notify.apply_in_one_call", broken)
     callback = notification(order, 20_000, "4200000020", "f1")
-    assert apply_transaction(pg_db, GATEWAY, callback, body_of(callback)) == "applied"  # type: ignore[arg-type]
+    with pg_db.engine.begin() as c:
+        c.execute(text(f"ALTER FUNCTION {SIGNATURE} RENAME TO renopay_moved_away"))
+    try:
+        assert apply_transaction(pg_db, GATEWAY, callback, body_of(callback)) == "applied"  # type: ignore[arg-type]
+    finally:
+        with pg_db.engine.begin() as c:
+            moved = SIGNATURE.replace("renopay_apply_fitting_payment", "renopay_moved_away")
+            c.execute(text(f"ALTER FUNCTION {moved} RENAME TO renopay_apply_fitting_payment"))
     rows = dump(pg_db)
     assert [(n["event_id"], n["outcome"]) for n in rows["payment_notifications"]] == [("f1", "applied")]
     assert [p["transaction_id"] for p in rows["payments"]] == ["4200000020"]
+    (warning,) = [r.getMessage() for r in caplog.records if "one-call apply" in r.getMessage()]
+    assert "does not exist" in warning and "4200000020" not in warning
 
 
 def test_twenty_concurrent_payments_of_one_bill_never_overpay_it(pg_db: Database) -> None:
