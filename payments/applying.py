@@ -8,6 +8,8 @@ every change — ``PaymentAttempt.succeed`` and ``Bill.apply_payment`` run on tr
 locked rows — and the rows are then written with compare-and-set UPDATEs, so a row that changed
 underneath (impossible under the bill lock) fails loudly instead of being overwritten.
 
+(On PostgreSQL the notification endpoint first tries one call of a database function that does the
+same, see payments/stored_apply.py; this path serves recovery, and the endpoint when that call fails.)
 On PostgreSQL it takes two round trips (``db.pipeline``): BEGIN with the bill lock and the reads;
 then every write in ONE statement of data-modifying CTEs (``_write_in_one_statement``: the
 compare-and-set UPDATEs, whose miss fails the statement; the receipt counter's bump; the payment and

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 import models_registry  # noqa: F401
 from db import Base, build_engine
@@ -34,18 +34,31 @@ def _diff(url: str) -> list:
         engine.dispose()
 
 
-def _round_trip(url: str) -> None:
+def _functions(url: str) -> set[str]:
+    """The functions the migrations create (PostgreSQL; SQLite has none)."""
+    engine = build_engine(url)
+    try:
+        if engine.dialect.name != "postgresql":
+            return set()
+        with engine.connect() as conn:
+            return set(conn.scalars(text("SELECT proname FROM pg_proc WHERE proname LIKE 'renopay%'")))
+    finally:
+        engine.dispose()
+
+
+def _round_trip(url: str, functions: set[str]) -> None:
     upgrade(url)
     assert _tables(url) == set(Base.metadata.tables)
+    assert _functions(url) == functions
     assert _diff(url) == []
     downgrade(url, "base")
-    assert _tables(url) == set()
+    assert (_tables(url), _functions(url)) == (set(), set())
     upgrade(url)
     assert _tables(url) == set(Base.metadata.tables)
 
 
 def test_migrations_round_trip_on_sqlite(tmp_path):
-    _round_trip(f"sqlite:///{tmp_path / 'm.sqlite3'}")
+    _round_trip(f"sqlite:///{tmp_path / 'm.sqlite3'}", set())
 
 
 @pytest.mark.postgres
@@ -55,6 +68,6 @@ def test_migrations_round_trip_on_postgresql():
         require_or_skip(reason, "RENOPAY_REQUIRE_POSTGRES")
     url = create_pg_database(DEFAULT_PG)
     try:
-        _round_trip(url)
+        _round_trip(url, {"renopay_apply_fitting_payment"})
     finally:
         drop_pg_database(url)
