@@ -222,16 +222,25 @@ T = TypeVar("T")
 
 
 class _Work:
-    __slots__ = ("done", "error", "result", "work")
+    __slots__ = ("_finished", "error", "result", "taken", "work")
 
     def __init__(self, work: Callable[[Session], Any]) -> None:
         self.work = work
         self.result: Any = None
         self.error: BaseException | None = None
-        self.done = False
+        self.taken = False  # in a batch that a leader is running (or has run)
+        self._finished = threading.Event()
 
     def finish(self, result: Any = None, error: BaseException | None = None) -> None:
-        self.result, self.error, self.done = result, error, True
+        self.result, self.error = result, error
+        self._finished.set()
+
+    @property
+    def done(self) -> bool:
+        return self._finished.is_set()
+
+    def wait(self) -> None:
+        self._finished.wait()
 
 
 class GroupCommit:
@@ -242,10 +251,11 @@ class GroupCommit:
     GIL with the thread holding it. Here a thread queues its unit and takes the leader mutex; the
     leader runs everything queued so far in one transaction and commits once (if any unit fails,
     the whole transaction is rolled back and every unit runs again alone, so a failure reaches only
-    its own caller; units must therefore be safe to run twice), and only then are the
-    results handed out: nobody is answered before their work is durable. A thread that finds its
-    unit already done by an earlier leader returns at once. Per process (the writer lock still
-    serialises the processes)."""
+    its own caller; units must therefore be safe to run twice). The leader then gives up the leader
+    mutex — the next batch may start, and take the write lock, while this one's WAL goes to disk —
+    syncs the WAL, and only then hands out the results: nobody is answered before their work is
+    durable. A thread whose unit an earlier leader took waits for that leader's answer. Per process
+    (the writer lock still serialises the processes)."""
 
     MAX_BATCH = 16  # bounds how long the last unit of a batch waits
 
@@ -263,45 +273,67 @@ class GroupCommit:
         item = _Work(work)
         with self._queue_mutex:
             self._queue.append(item)
-        with self._leader:
-            while not item.done:  # a long queue: the oldest MAX_BATCH go first
+        while not item.taken:  # a long queue: the oldest MAX_BATCH go first
+            with self._leader:
+                if item.taken:
+                    break
                 with self._queue_mutex:
                     batch, self._queue = self._queue[: self.MAX_BATCH], self._queue[self.MAX_BATCH:]
-                self._run_batch(batch)
+                for queued in batch:
+                    queued.taken = True
+                outcomes = self._run_batch(batch)
+            self._sync_and_answer(batch, outcomes)  # outside the leader mutex
+        item.wait()
         if item.error is not None:
             raise item.error
         return cast(T, item.result)
 
-    def _run_batch(self, batch: list[_Work]) -> None:
+    def _run_batch(self, batch: list[_Work]) -> list[tuple[Any, BaseException | None]]:
+        """Each unit's (result, error), committed but not yet synced."""
+        outcomes: list[tuple[Any, BaseException | None]] = []
         try:
-            if len(batch) > 1 and self._together(batch):
-                return
+            if len(batch) > 1:
+                together = self._together(batch)
+                if together is not None:
+                    outcomes = [(result, None) for result in together]
+                    return outcomes
             for item in batch:  # alone (or again, alone, after a unit of the batch failed)
                 try:
-                    with self.database.transaction() as session:
+                    with self.database.transaction(sync=False) as session:
                         result = item.work(session)
                 except Exception as exc:
-                    item.finish(error=exc)
+                    outcomes.append((None, exc))
                 else:
-                    item.finish(result)
+                    outcomes.append((result, None))
+            return outcomes
         finally:  # interrupted (the leader's thread got a BaseException): nobody waits on a lost unit
-            for item in batch:
-                if not item.done:
+            if len(outcomes) != len(batch):
+                for item in batch:
                     item.finish(error=RuntimeError("the batch this unit was in was interrupted"))
 
-    def _together(self, batch: list[_Work]) -> bool:
-        """All units in one transaction; False (everything rolled back) if any of them, or the commit,
+    def _together(self, batch: list[_Work]) -> list[Any] | None:
+        """All units in one transaction; None (everything rolled back) if any of them, or the commit,
         fails — each then runs again alone, so one unit's failure never reaches another's result."""
         results = []
         try:
-            with self.database.transaction() as session:
+            with self.database.transaction(sync=False) as session:
                 for item in batch:
                     results.append(item.work(session))
         except Exception:
-            return False
-        for item, result in zip(batch, results, strict=True):
-            item.finish(result)
-        return True
+            return None
+        return results
+
+    def _sync_and_answer(self, batch: list[_Work], outcomes: list[tuple[Any, BaseException | None]]) -> None:
+        if not batch or batch[0].done:  # interrupted: already answered with the error
+            return
+        try:
+            self.database.sync_wal()  # covers every commit of the batch (the WAL is flushed whole)
+        except Exception as exc:  # committed, but not known to be on disk: the callers must retry
+            for item in batch:
+                item.finish(error=exc)
+            return
+        for item, (result, error) in zip(batch, outcomes, strict=True):
+            item.finish(result, error)
 
 
 @dataclass
@@ -341,15 +373,18 @@ class Database:
             session.close()  # ends the snapshot: the pool rolls the connection back on return
 
     @contextmanager
-    def transaction(self) -> Iterator[Session]:
+    def transaction(self, *, sync: bool = True) -> Iterator[Session]:
         """Unit of work: commits when the block succeeds, rolls back otherwise. On a SQLite file,
-        the block runs holding the writer lock (keep anything slow, like HTTP, outside it)."""
+        the block runs holding the writer lock (keep anything slow, like HTTP, outside it), and the
+        WAL is synced once the lock is released (``sync=False``: by the caller, before it answers
+        anyone — see ``GroupCommit``)."""
         if self.writer_lock is None:
             yield from self._unit_of_work()
             return
         with self.writer_lock.held():
             yield from self._unit_of_work()
-        self.sync_wal()
+        if sync:
+            self.sync_wal()
 
     def sync_wal(self) -> None:
         """Make what this process committed durable: ``fdatasync`` the SQLite file's WAL.

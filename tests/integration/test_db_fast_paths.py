@@ -358,6 +358,56 @@ def test_a_batch_is_answered_only_after_its_wal_is_synced(
     assert answers == ["甲 done"]
 
 
+def test_the_next_batch_commits_while_the_last_one_waits_for_the_disk(
+    sqlite_file: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The leader gives up the leader mutex before it syncs: a unit that arrives meanwhile is run and
+    committed at once, and the first caller is still answered only once its own sync is done."""
+    first_sync, release = threading.Event(), threading.Event()
+    real_fdatasync = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        if not first_sync.is_set():
+            first_sync.set()
+            assert release.wait(10)
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    answers: list[str] = []
+    first = threading.Thread(target=lambda: answers.append(sqlite_file.batched(_insert("甲"))))
+    first.start()
+    assert first_sync.wait(10)  # 甲 committed, its sync held
+    second = threading.Thread(target=lambda: answers.append(sqlite_file.batched(_insert("乙"))))
+    second.start()
+    second.join(10)
+    assert answers == ["乙 done"]  # ran, committed and synced while 甲's sync was still held
+    assert _names(sqlite_file) == ["乙", "甲"]
+    release.set()
+    first.join(10)
+    assert answers == ["乙 done", "甲 done"]
+
+
+def test_a_batch_whose_sync_fails_is_answered_with_the_error_and_not_run_again(
+    sqlite_file: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Committed but not known to be on disk: the caller gets the error (a notification is answered
+    500 and sent again; applying it again finds it), and the unit is not run a second time."""
+    runs: list[str] = []
+
+    def unit(session: Session) -> str:
+        runs.append("丙")
+        return _insert("丙")(session)
+
+    def failing(_fd: int) -> None:
+        raise OSError("disk I/O error")
+
+    monkeypatch.setattr(os, "fdatasync", failing)
+    with pytest.raises(OSError, match="disk I/O error"):
+        sqlite_file.batched(unit)
+    monkeypatch.undo()
+    assert runs == ["丙"] and _names(sqlite_file) == ["丙"]
+
+
 def test_syncing_a_wal_that_is_gone_does_nothing(tmp_path: Path) -> None:
     database = Database.from_url(f"sqlite:///{tmp_path / 'gone.sqlite3'}")
     assert database.wal_path == f"{tmp_path / 'gone.sqlite3'}-wal" and not os.path.exists(database.wal_path)
