@@ -838,6 +838,11 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def china_iso(moment: dt.datetime) -> str:
+    """A time as events and the ERP see it: China time, to the second (``2026-11-26T10:00:00+08:00``)."""
+    return moment.astimezone(CHINA_TZ).isoformat(timespec="seconds")
+
+
 class UTCDateTime(TypeDecorator[dt.datetime]):
     """Stores naive UTC, returns aware UTC — the same on SQLite (no time zones) and PostgreSQL."""
 

@@ -36,7 +36,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
-from db import CHINA_TZ, Base, Prepared, UTCDateTime, session_connection, utcnow
+from db import Base, Prepared, UTCDateTime, china_iso, session_connection, utcnow
 
 if TYPE_CHECKING:
     from payments.models import Bill
@@ -199,7 +199,7 @@ def build_event(
     payload = {
         "id": event_id,
         "type": str(topic),
-        "created_at": now.astimezone(CHINA_TZ).isoformat(timespec="seconds"),
+        "created_at": china_iso(now),
         "bill": bill_view,
         "data": dict(data),
     }

@@ -51,7 +51,7 @@ from sqlalchemy import (
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import Session
 
-from db import CHINA_TZ, JSONText, Pending, Prepared, loaded_copy, pipeline, session_connection, utcnow
+from db import JSONText, Pending, Prepared, china_iso, loaded_copy, pipeline, session_connection, utcnow
 from erp_sync.outbox import OutboxEvent, Topic, build_event, fan_out_statement, insert_deliveries
 from payments.bills import bill_event_data
 from payments.models import (
@@ -125,7 +125,7 @@ def payment_view(payment: Payment, attempt: PaymentAttempt | None = None) -> dic
         "applied_fen": payment.applied_fen,
         "transaction_id": payment.transaction_id,
         "out_trade_no": attempt.out_trade_no if attempt else None,
-        "paid_at": payment.paid_at.astimezone(CHINA_TZ).isoformat(timespec="seconds"),
+        "paid_at": china_iso(payment.paid_at),
         "note": payment.note,
     }
 

@@ -14,7 +14,7 @@ import json
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db import CHINA_TZ, utcnow
+from db import china_iso, utcnow
 from erp_sync.outbox import Topic, emit
 from payments.bills import bill_event_data, lock_bill
 from payments.errors import IdempotencyConflict, IllegalTransition, InvalidInput, RefundNotAllowed
@@ -233,7 +233,7 @@ def refund_view(refund: Refund) -> dict[str, object]:
         "status": str(refund.status),
         "receipt_no": refund.payment.receipt_no,
         "transaction_id": refund.payment.transaction_id,
-        "created_at": refund.created_at.astimezone(CHINA_TZ).isoformat(timespec="seconds"),
+        "created_at": china_iso(refund.created_at),
     }
 
 

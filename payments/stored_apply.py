@@ -18,13 +18,12 @@ two paths row for row and payload for payload.
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from sqlalchemy import ARRAY, BigInteger, String, Text, bindparam, cast, func, select
 from sqlalchemy.dialects.postgresql import JSON
 
-from db import CHINA_TZ, Database, Prepared, UTCDateTime, utcnow
+from db import Database, Prepared, UTCDateTime, china_iso, utcnow
 from erp_sync.outbox import Topic, new_event_id, registry
 from payments.applying import Outcome, WeChatPaymentFacts
 from payments.notifications import RawNotification
@@ -59,11 +58,6 @@ def _array_literal(names: list[str]) -> str:
     return "{" + ",".join(quoted) + "}"
 
 
-def _shown(moment: dt.datetime) -> str:
-    """A time as events show it (``build_event``, ``payment_view``): China time, to the second."""
-    return moment.astimezone(CHINA_TZ).isoformat(timespec="seconds")
-
-
 def apply_in_one_call(db: Database, facts: WeChatPaymentFacts, raw: RawNotification) -> str | None:
     """'applied' or 'duplicate' (committed, raw notification recorded); ``None`` when the general
     path must decide (nothing written). The caller has checked the merchant, the app and the state."""
@@ -75,9 +69,9 @@ def apply_in_one_call(db: Database, facts: WeChatPaymentFacts, raw: RawNotificat
         "amount_fen": facts.amount_fen,
         "payer_openid": facts.payer_openid,
         "paid_at": facts.success_time,
-        "paid_at_text": _shown(facts.success_time),
+        "paid_at_text": china_iso(facts.success_time),
         "now": now,
-        "now_text": _shown(now),
+        "now_text": china_iso(now),
         "counter_name": counter,
         "receipt_prefix": prefix,
         "event_id": new_event_id(),
