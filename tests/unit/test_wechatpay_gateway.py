@@ -127,11 +127,12 @@ def test_forged_probing_or_stale_notifications_are_rejected(
     gateway: WeChatPayGateway, signer: SignFn, forgery: str
 ) -> None:
     args = dict(FORGERIES[forgery])
-    if "age" in args:
-        args["timestamp"] = int(time.time()) - int(args.pop("age"))  # type: ignore[call-overload]
+    now = int(time.time())  # one clock for signing and checking: a second that ticks between them
+    if "age" in args:       # must not turn "300 s ahead" into 299
+        args["timestamp"] = now - int(args.pop("age"))  # type: ignore[call-overload]
     headers, body = signer({"out_trade_no": "B2611-0001-abcdef01"}, **args)
     with pytest.raises(CallbackRejected):
-        gateway.verify_and_decrypt(headers, body)
+        gateway.verify_and_decrypt(headers, body, now=now)
 
 
 def test_a_body_changed_in_transit_is_rejected(gateway: WeChatPayGateway, signer: SignFn) -> None:
