@@ -335,18 +335,26 @@ def test_a_write_transaction_returns_after_its_wal_is_synced_outside_the_write_l
     assert len(synced) == 2  # readers never sync
 
 
+def _hold_the_first_sync(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """The first ``fdatasync`` from now on waits until ``release`` is set (``held`` says it has
+    started); later ones go straight to the disk."""
+    held, release = threading.Event(), threading.Event()
+    real_fdatasync = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        if not held.is_set():
+            held.set()
+            assert release.wait(10)
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    return held, release
+
+
 def test_a_batch_is_answered_only_after_its_wal_is_synced(
     sqlite_file: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    entered, release = threading.Event(), threading.Event()
-    real_fdatasync = os.fdatasync
-
-    def slow_fdatasync(fd: int) -> None:
-        entered.set()
-        assert release.wait(10)
-        real_fdatasync(fd)
-
-    monkeypatch.setattr(os, "fdatasync", slow_fdatasync)
+    entered, release = _hold_the_first_sync(monkeypatch)
     answers: list[str] = []
     caller = threading.Thread(target=lambda: answers.append(sqlite_file.batched(_insert("甲"))))
     caller.start()
@@ -363,16 +371,7 @@ def test_the_next_batch_commits_while_the_last_one_waits_for_the_disk(
 ) -> None:
     """The leader gives up the leader mutex before it syncs: a unit that arrives meanwhile is run and
     committed at once, and the first caller is still answered only once its own sync is done."""
-    first_sync, release = threading.Event(), threading.Event()
-    real_fdatasync = os.fdatasync
-
-    def fdatasync(fd: int) -> None:
-        if not first_sync.is_set():
-            first_sync.set()
-            assert release.wait(10)
-        real_fdatasync(fd)
-
-    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    first_sync, release = _hold_the_first_sync(monkeypatch)
     answers: list[str] = []
     first = threading.Thread(target=lambda: answers.append(sqlite_file.batched(_insert("甲"))))
     first.start()
