@@ -1,7 +1,7 @@
 """Chat throughput: a 我的账单 push for a customer with 5 bills, under gunicorn (2 workers) and wrk,
 against a bare Flask endpoint returning the same XML, in the same run.
 
-    .venv/bin/python -m benchmarks.chat [--seconds 10] [--connections 16] [--rounds 3] [--pg URL]
+    .venv/bin/python -m benchmarks.chat [--seconds 10] [--connections 16] [--rounds 5] [--pg URL]
                                         [--worker-class gthread]
 
 Every request is a new push (a unique MsgId): signature check, XML parse, then the read-only path of
@@ -208,7 +208,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--pg", default=None, help="also run on this PostgreSQL server URL (a scratch DB)")
     parser.add_argument("--worker-class", default="gthread", choices=["sync", "gthread"])
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved chat/bare rounds (medians)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved chat/bare rounds (medians)")
     args = parser.parse_args()
     targets = [("sqlite", "sqlite")]
     if args.pg:
