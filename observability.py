@@ -8,15 +8,19 @@ database at scrape time, so every process reports the same truth.
 
 from __future__ import annotations
 
+import atexit
 import contextvars
 import json
 import logging
+import os
 import re
 import secrets
 import threading
 import time
+import weakref
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
+from functools import lru_cache
 from typing import Any
 
 from flask import Flask, Response, g, request
@@ -77,44 +81,86 @@ def configure_logging(level: str = "INFO") -> None:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
 
-class Counters:
-    """Labelled counters; in Redis (shared by every process) or in memory."""
+@lru_cache(maxsize=4096)
+def _field(name: str, labels: tuple[tuple[str, str], ...]) -> str:
+    """A counter's field in the Redis hash (and key in memory): the same text as ever, so counts
+    written by an earlier version go on adding up."""
+    return json.dumps([name, labels], ensure_ascii=False)
 
-    def __init__(self, redis_url: str | None = None, namespace: str = ""):
+
+class Counters:
+    """Labelled counters; in Redis (shared by every process) or in memory.
+
+    ``inc`` only adds to this process's pending counts — no network on a request's path (it was
+    two Redis round trips per payment notification). With Redis they are written in one round trip
+    (a MULTI of HINCRBYs) at most ``flush_every`` seconds later by a background thread (``start``),
+    and before every scrape of this process. A flush that fails keeps its counts for the next one,
+    so a Redis outage delays counts and loses none; what a process had not yet flushed when it died
+    (up to ``flush_every`` seconds of counts) is lost, as a process-local counter would be. A forked
+    child starts with nothing pending: the parent flushes its own counts."""
+
+    def __init__(self, redis_url: str | None = None, namespace: str = "", *, flush_every: float = 1.0):
         # One hash per Official Account, so deployments sharing a Redis never mix their counters.
         self.key = f"renopay:metrics:{namespace}" if namespace else "renopay:metrics"
-        self._lock = threading.Lock()
-        self._local: Counter[str] = Counter()
+        self.flush_every = flush_every
         self._redis: Any = None
         if redis_url:
             import redis
 
             self._redis = redis.Redis.from_url(redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        self._reset()
+        _RESET_AFTER_FORK.add(self)
 
-    @staticmethod
-    def _key(name: str, labels: Mapping[str, str]) -> str:
-        return json.dumps([name, sorted(labels.items())], ensure_ascii=False)
+    def _reset(self) -> None:
+        self._lock = threading.Lock()  # (a copied lock may be held by a thread the child lacks)
+        self._pending: Counter[str] = Counter()  # without Redis: every count of this process
+        self._flusher: threading.Thread | None = None
 
     def inc(self, name: str, amount: int = 1, **labels: str) -> None:
-        key = self._key(name, labels)
-        if self._redis is not None:
-            try:
-                self._redis.hincrby(self.key, key, amount)
-                return
-            except Exception:  # metrics must never break a payment; fall back to this process
-                logging.getLogger(__name__).debug("metrics: redis unavailable", exc_info=True)
+        field = _field(name, tuple(sorted(labels.items())))
         with self._lock:
-            self._local[key] += amount
+            self._pending[field] += amount
+            if self._redis is not None and self._flusher is None:
+                self._start_flusher()
+
+    def _start_flusher(self) -> None:
+        """The thread that writes pending counts to Redis (started by the first count of a process).
+        It holds the counters weakly: replaced ones (a new app) are flushed a last time, then it ends."""
+        self._flusher = threading.Thread(target=_flush_forever, args=(weakref.ref(self),),
+                                         name="renopay-metrics", daemon=True)
+        self._flusher.start()
+
+    def flush(self) -> bool:
+        """Write the pending counts to Redis in one round trip; False (and the counts kept for the
+        next flush) if Redis did not take them."""
+        if self._redis is None:
+            return True
+        with self._lock:
+            pending, self._pending = self._pending, Counter()
+        if not pending:
+            return True
+        try:
+            pipe = self._redis.pipeline(transaction=True)  # all of them or none
+            for field, amount in pending.items():
+                pipe.hincrby(self.key, field, amount)
+            pipe.execute()
+            return True
+        except Exception:  # metrics must never break anything; keep the counts for the next flush
+            logging.getLogger(__name__).debug("metrics: redis unavailable", exc_info=True)
+            with self._lock:
+                self._pending.update(pending)
+            return False
 
     def snapshot(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], int]:
+        """Every process's counts (with Redis; this process's own first flushed), else this one's."""
         merged: Counter[str] = Counter()
-        if self._redis is not None:
+        if self._redis is not None and self.flush():
             try:
                 merged.update({k.decode(): int(v) for k, v in self._redis.hgetall(self.key).items()})
             except Exception:  # scrape what this process has
                 logging.getLogger(__name__).debug("metrics: redis unavailable", exc_info=True)
         with self._lock:
-            merged.update(self._local)
+            merged.update(self._pending)
         out: dict[tuple[str, tuple[tuple[str, str], ...]], int] = {}
         for key, value in merged.items():
             name, labels = json.loads(key)
@@ -122,6 +168,34 @@ class Counters:
         return out
 
 
+def _flush_forever(ref: weakref.ReferenceType[Counters]) -> None:
+    me = threading.current_thread()
+    while True:
+        counters_ = ref()
+        if counters_ is None or counters_._flusher is not me:  # gone, or a forked child's copy
+            return
+        interval = counters_.flush_every
+        counters_.flush()
+        del counters_
+        time.sleep(interval)
+
+
+def _flush_at_exit() -> None:
+    _counters.flush()  # a worker's last counts (a graceful exit runs this; a kill loses them)
+
+
+atexit.register(_flush_at_exit)
+
+# Counters in a forked child start afresh: its copied pending counts are the parent's to flush.
+_RESET_AFTER_FORK: weakref.WeakSet[Counters] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    for counters_ in list(_RESET_AFTER_FORK):
+        counters_._reset()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
 _counters = Counters()
 
 
@@ -214,7 +288,8 @@ def init_app(app: Flask, redis_url: str | None = None, namespace: str = "") -> N
     if _DEV_SERVER_MASK not in werkzeug_log.filters:
         werkzeug_log.addFilter(_DEV_SERVER_MASK)
     if redis_url:
-        _counters = Counters(redis_url, namespace)
+        replaced, _counters = _counters, Counters(redis_url, namespace)
+        replaced.flush()
 
     @app.before_request
     def _start() -> None:
