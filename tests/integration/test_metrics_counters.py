@@ -48,7 +48,8 @@ def _stored(namespace: str) -> dict[str, int]:
 
 
 def _field(route: str, status: str = "200") -> str:
-    return json.dumps([REQUESTS, [["method", "GET"], ["route", route], ["status", status]]], ensure_ascii=False)
+    labels = [["method", "GET"], ["route", route], ["status", status]]
+    return json.dumps([REQUESTS, labels], ensure_ascii=False)
 
 
 def _count(counters: Counters, route: str) -> int:
