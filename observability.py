@@ -93,11 +93,11 @@ class Counters:
 
     ``inc`` only adds to this process's pending counts — no network on a request's path (it was
     two Redis round trips per payment notification). With Redis they are written in one round trip
-    (a MULTI of HINCRBYs) at most ``flush_every`` seconds later by a background thread (``start``),
-    and before every scrape of this process. A flush that fails keeps its counts for the next one,
-    so a Redis outage delays counts and loses none; what a process had not yet flushed when it died
-    (up to ``flush_every`` seconds of counts) is lost, as a process-local counter would be. A forked
-    child starts with nothing pending: the parent flushes its own counts."""
+    (a MULTI of HINCRBYs) at most ``flush_every`` seconds later, by a thread that the process's
+    first count starts, and before every scrape of this process. A flush that fails keeps its counts
+    for the next one, so a Redis outage delays counts and loses none; what a process had not yet
+    flushed when it died (up to ``flush_every`` seconds of counts) is lost, as a process-local
+    counter would be. A forked child starts with nothing pending: the parent flushes its own counts."""
 
     def __init__(self, redis_url: str | None = None, namespace: str = "", *, flush_every: float = 1.0):
         # One hash per Official Account, so deployments sharing a Redis never mix their counters.
@@ -169,10 +169,9 @@ class Counters:
 
 
 def _flush_forever(ref: weakref.ReferenceType[Counters]) -> None:
-    me = threading.current_thread()
     while True:
         counters_ = ref()
-        if counters_ is None or counters_._flusher is not me:  # gone, or a forked child's copy
+        if counters_ is None:  # replaced (a new app) and collected
             return
         interval = counters_.flush_every
         counters_.flush()
