@@ -113,6 +113,7 @@ class Counters:
 
     def _reset(self) -> None:
         self._lock = threading.Lock()  # (a copied lock may be held by a thread the child lacks)
+        self._flushing = threading.Lock()
         self._pending: Counter[str] = Counter()  # without Redis: every count of this process
         self._flusher: threading.Thread | None = None
 
@@ -131,32 +132,37 @@ class Counters:
         self._flusher.start()
 
     def flush(self) -> bool:
-        """Write the pending counts to Redis in one round trip; False (and the counts kept for the
-        next flush) if Redis did not take them."""
+        """Write the pending counts to Redis in one round trip: once it answers True, every count made
+        before the call is in Redis. False (the counts kept for the next flush) if Redis did not take
+        them."""
         if self._redis is None:
             return True
-        with self._lock:
-            pending, self._pending = self._pending, Counter()
-        if not pending:
-            return True
-        try:
-            pipe = self._redis.pipeline(transaction=True)  # all of them or none
-            for field, amount in pending.items():
-                pipe.hincrby(self.key, field, amount)
-            pipe.execute()
-            return True
-        except Exception:  # metrics must never break anything; keep the counts for the next flush
-            logging.getLogger(__name__).debug("metrics: redis unavailable", exc_info=True)
+        with self._flushing:  # a flush in flight (the thread's) is over before this one answers
             with self._lock:
-                self._pending.update(pending)
-            return False
+                pending, self._pending = self._pending, Counter()
+            if not pending:
+                return True
+            try:
+                with _REDIS_CALLS:
+                    pipe = self._redis.pipeline(transaction=True)  # all of them or none
+                    for field, amount in pending.items():
+                        pipe.hincrby(self.key, field, amount)
+                    pipe.execute()
+                return True
+            except Exception:  # metrics must never break anything; keep the counts for the next flush
+                logging.getLogger(__name__).debug("metrics: redis unavailable", exc_info=True)
+                with self._lock:
+                    self._pending.update(pending)
+                return False
 
     def snapshot(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], int]:
         """Every process's counts (with Redis; this process's own first flushed), else this one's."""
         merged: Counter[str] = Counter()
         if self._redis is not None and self.flush():
             try:
-                merged.update({k.decode(): int(v) for k, v in self._redis.hgetall(self.key).items()})
+                with _REDIS_CALLS:
+                    stored = self._redis.hgetall(self.key)
+                merged.update({k.decode(): int(v) for k, v in stored.items()})
             except Exception:  # scrape what this process has
                 logging.getLogger(__name__).debug("metrics: redis unavailable", exc_info=True)
         with self._lock:
@@ -185,16 +191,22 @@ def _flush_at_exit() -> None:
 
 atexit.register(_flush_at_exit)
 
-# Counters in a forked child start afresh: its copied pending counts are the parent's to flush.
+# Around a fork: no thread of ours is inside the Redis client (a fork waits for the call in flight,
+# at most the client's 0.5 s timeout), so the client's own locks are free in the child — redis-py
+# re-initialises its pool there under them — and the child's counters start afresh: its copied
+# pending counts are the parent's to flush.
+_REDIS_CALLS = threading.Lock()
 _RESET_AFTER_FORK: weakref.WeakSet[Counters] = weakref.WeakSet()
 
 
 def _reset_after_fork() -> None:
+    _REDIS_CALLS.release()  # taken before the fork by the thread that forked, the child's only one
     for counters_ in list(_RESET_AFTER_FORK):
         counters_._reset()
 
 
-os.register_at_fork(after_in_child=_reset_after_fork)
+os.register_at_fork(before=_REDIS_CALLS.acquire, after_in_parent=_REDIS_CALLS.release,
+                    after_in_child=_reset_after_fork)
 _counters = Counters()
 
 
