@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.database import DEFAULT_PG_URL, pg_reachable, require_or_skip
+from tests.fixtures.database import DEFAULT_PG_URL, pg_reachable, redis_reachable, require_or_skip
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_URL = os.environ.get("RENOPAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
@@ -24,23 +24,10 @@ def _pg_server() -> str:
     return os.environ.get("RENOPAY_TEST_PG_URL", DEFAULT_PG_URL)
 
 
-def _redis_reason() -> str | None:
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
-    try:
-        client.ping()
-        return None
-    except redis.RedisError as exc:
-        return f"Redis not reachable at {REDIS_URL}: {type(exc).__name__}"
-    finally:
-        client.close()
-
-
 @pytest.mark.slow
 def test_a_short_soak_of_the_production_shape_loses_and_doubles_nothing():
     server = _pg_server()
-    for reason in (pg_reachable(server), _redis_reason()):
+    for reason in (pg_reachable(server), redis_reachable(REDIS_URL)):
         if reason:  # CI starts both services; RENOPAY_REQUIRE_POSTGRES turns the skip into a failure
             require_or_skip(reason, "RENOPAY_REQUIRE_POSTGRES")
     done = subprocess.run(

@@ -19,6 +19,7 @@ from bot.client import (
     WeChatApiClient,
 )
 from bot.tokens import FetchedToken, MemoryTokenStore, RedisTokenStore, TokenRefresher
+from tests.fixtures.database import redis_reachable, require_or_skip
 from tests.support.servers import serving
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(64))
@@ -304,11 +305,11 @@ def test_refresher_refresh_if_due_and_stale_check():
 def redis_client():
     import redis
 
-    client = redis.Redis.from_url("redis://127.0.0.1:6379/0", socket_timeout=2, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        pytest.skip(f"Redis at 127.0.0.1:6379 unreachable: {exc}")
+    url = "redis://127.0.0.1:6379/0"
+    reason = redis_reachable(url)
+    if reason:
+        require_or_skip(reason, "RENOPAY_REQUIRE_REDIS")
+    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
     prefix = f"test-renopay-{uuid.uuid4().hex}"
     yield client, prefix
     for key in client.scan_iter(f"{prefix}:*"):

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from observability import Counters
-from tests.fixtures.database import require_or_skip
+from tests.fixtures.database import redis_reachable, require_or_skip
 
 REDIS_URL = os.environ.get("RENOPAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 NOWHERE = "redis://127.0.0.1:1/0"  # nothing listens on port 1: every command fails at once
@@ -27,13 +27,12 @@ REQUESTS = "renopay_http_requests_total"
 def namespace() -> Iterator[str]:
     import redis
 
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError as exc:  # CI starts Redis and sets the flag: there this fails
-        require_or_skip(f"Redis not reachable at {REDIS_URL}: {type(exc).__name__}", "RENOPAY_REQUIRE_REDIS")
+    reason = redis_reachable(REDIS_URL)
+    if reason:  # CI starts Redis and sets the flag: there this fails
+        require_or_skip(reason, "RENOPAY_REQUIRE_REDIS")
     name = f"test-{uuid.uuid4().hex}"
     yield name
+    client = redis.Redis.from_url(REDIS_URL)
     client.delete(f"renopay:metrics:{name}")
     client.close()
 
