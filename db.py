@@ -17,7 +17,7 @@ import time
 import weakref
 from collections import namedtuple
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -249,7 +249,8 @@ class GroupCommit:
     On SQLite every write transaction is serialised by one lock, and its COMMIT (an fsync of the
     WAL) is most of its cost; under a burst of notifications the lock's waiters also compete for the
     GIL with the thread holding it. Here a thread queues its unit and takes the leader mutex; the
-    leader runs everything queued so far in one transaction and commits once (if any unit fails,
+    leader takes the write lock and only then runs everything queued so far — so what arrived while
+    another process held the lock goes along — in one transaction, and commits once (if any unit fails,
     the whole transaction is rolled back and every unit runs again alone, so a failure reaches only
     its own caller; units must therefore be safe to run twice). The leader then gives up the leader
     mutex — the next batch may start, and take the write lock, while this one's WAL goes to disk —
@@ -277,16 +278,23 @@ class GroupCommit:
             with self._leader:
                 if item.taken:
                     break
-                with self._queue_mutex:
-                    batch, self._queue = self._queue[: self.MAX_BATCH], self._queue[self.MAX_BATCH:]
-                for queued in batch:
-                    queued.taken = True
-                outcomes = self._run_batch(batch)
-            self._sync_and_answer(batch, outcomes)  # outside the leader mutex
+                # The write lock first, then the batch: whatever queued while the lock was awaited
+                # (another process's transaction) joins this transaction instead of the next one.
+                with self._writer_lock():
+                    with self._queue_mutex:
+                        batch, self._queue = self._queue[: self.MAX_BATCH], self._queue[self.MAX_BATCH:]
+                    for queued in batch:
+                        queued.taken = True
+                    outcomes = self._run_batch(batch)
+            self._sync_and_answer(batch, outcomes)  # outside the leader mutex and the write lock
         item.wait()
         if item.error is not None:
             raise item.error
         return cast(T, item.result)
+
+    def _writer_lock(self) -> AbstractContextManager[None]:
+        lock = self.database.writer_lock  # re-entrant: each unit's transaction takes it again
+        return lock.held() if lock is not None else nullcontext()
 
     def _run_batch(self, batch: list[_Work]) -> list[tuple[Any, BaseException | None]]:
         """Each unit's (result, error), committed but not yet synced."""

@@ -230,6 +230,39 @@ def test_units_that_arrive_together_share_one_commit(sqlite_file: Database) -> N
     assert _names(sqlite_file) == ["blocker", "n0", "n1", "n2", "n3", "n4"]
 
 
+def test_units_that_queue_while_another_process_writes_join_the_waiting_leaders_batch(
+    sqlite_file: Database,
+) -> None:
+    """The leader takes the write lock before it takes its batch: what queued while another process
+    held the lock commits with the leader's unit, not in a transaction of its own after it."""
+    other_process = Database.from_url(str(sqlite_file.engine.url))  # its own lock file descriptor
+    group = sqlite_file._group_commit
+    commits = _commits(sqlite_file)
+    results: list[Any] = [None] * 4
+
+    def call(i: int) -> None:
+        results[i] = sqlite_file.batched(_insert(f"n{i}"))
+
+    try:
+        with other_process.writer_lock.held():  # type: ignore[union-attr]
+            leader = threading.Thread(target=call, args=(0,))
+            leader.start()
+            while not group._leader.locked():  # the leader is waiting for the write lock
+                threading.Event().wait(0.005)
+            followers = [threading.Thread(target=call, args=(i,)) for i in (1, 2, 3)]
+            for t in followers:
+                t.start()
+            while sum(not item.taken for item in group._queue) < 3:
+                threading.Event().wait(0.005)
+        for t in [leader, *followers]:
+            t.join(10)
+    finally:
+        other_process.dispose()
+    assert results == [f"n{i} done" for i in range(4)]
+    assert commits[0] == 1  # all four in the one transaction the leader waited for
+    assert _names(sqlite_file) == ["n0", "n1", "n2", "n3"]
+
+
 def test_a_failing_unit_fails_alone(sqlite_file: Database) -> None:
     commits = _commits(sqlite_file)
     works = [_insert("ok1"), _insert("bad", fail=True), _insert("ok2")]
