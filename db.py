@@ -17,7 +17,7 @@ import time
 import weakref
 from collections import namedtuple
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -280,7 +280,7 @@ class GroupCommit:
                     break
                 # The write lock first, then the batch: whatever queued while the lock was awaited
                 # (another process's transaction) joins this transaction instead of the next one.
-                with self._writer_lock():
+                with self._lock.held():
                     with self._queue_mutex:
                         batch, self._queue = self._queue[: self.MAX_BATCH], self._queue[self.MAX_BATCH:]
                     for queued in batch:
@@ -292,9 +292,9 @@ class GroupCommit:
             raise item.error
         return cast(T, item.result)
 
-    def _writer_lock(self) -> AbstractContextManager[None]:
-        lock = self.database.writer_lock  # re-entrant: each unit's transaction takes it again
-        return lock.held() if lock is not None else nullcontext()
+    @property
+    def _lock(self) -> WriterLock:  # re-entrant: each unit's transaction takes it again
+        return cast(WriterLock, self.database.writer_lock)  # batched() groups only on a SQLite file
 
     def _run_batch(self, batch: list[_Work]) -> list[tuple[Any, BaseException | None]]:
         """Each unit's (result, error), committed but not yet synced."""

@@ -243,17 +243,21 @@ def test_units_that_queue_while_another_process_writes_join_the_waiting_leaders_
     def call(i: int) -> None:
         results[i] = sqlite_file.batched(_insert(f"n{i}"))
 
+    def wait_until(condition: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 10
+        while not condition():
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+
     try:
         with other_process.writer_lock.held():  # type: ignore[union-attr]
             leader = threading.Thread(target=call, args=(0,))
             leader.start()
-            while not group._leader.locked():  # the leader is waiting for the write lock
-                threading.Event().wait(0.005)
+            wait_until(group._leader.locked)  # the leader is waiting for the write lock
             followers = [threading.Thread(target=call, args=(i,)) for i in (1, 2, 3)]
             for t in followers:
                 t.start()
-            while sum(not item.taken for item in group._queue) < 3:
-                threading.Event().wait(0.005)
+            wait_until(lambda: sum(not item.taken for item in group._queue) >= 3)
         for t in [leader, *followers]:
             t.join(10)
     finally:
