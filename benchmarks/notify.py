@@ -10,10 +10,13 @@ request is verified, decrypted, stored raw, applied under the bill's row lock an
 baseline is ``POST /bench/bare`` on the same gunicorn (same app, same workers, same bodies), which
 answers 204 without looking at the body. gunicorn runs with the production settings of gunicorn.conf.py
 (gthread, its threads) for both, except that workers are not recycled (``max_requests``) during a run.
-Rounds alternate bare and notify (fresh orders each round); printed:
-the medians, each round's ratio (goal: ≥ 0.4). On a shared VM a burst of CPU steal can halve one side
-of a round, so rounds are long (1,500 notifications: 1–2 s of bare, 3–4 s of notify) and there are
-five of them; the medians are what to compare. Then the QR image: first render vs cached, per image.
+Rounds alternate bare and notify (fresh orders each round); printed: the medians, each round's ratio
+(goal: ≥ 0.4), and — on Linux — the workers' CPU per request (on PostgreSQL the database's own
+processes come on top) and the machine's idle cores in each phase: what a ratio is made of, since the
+client processes share the cores (docs/payments.md, "Benchmark"). On a shared VM a burst of CPU steal
+can halve one side of a round, so rounds are long (1,500 notifications: 1–2 s of bare, 3–4 s of notify)
+and there are five of them; the medians are what to compare. Then the QR image: first render vs cached,
+per image.
 """
 
 from __future__ import annotations
@@ -53,6 +56,36 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class _Usage:
+    """Linux: CPU seconds used by gunicorn's workers, and the machine's idle seconds (/proc), so that
+    each phase also reports where the time went. Elsewhere every figure is NaN."""
+
+    def __init__(self, master_pid: int) -> None:
+        self.master_pid = master_pid
+        self.hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    def _workers(self) -> list[int]:
+        try:
+            with open(f"/proc/{self.master_pid}/task/{self.master_pid}/children") as f:
+                return [int(pid) for pid in f.read().split()]
+        except OSError:
+            return []
+
+    def sample(self) -> tuple[float, float]:
+        """(CPU seconds of the current workers, idle seconds of the machine)."""
+        try:
+            busy = 0
+            for pid in self._workers():
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                busy += int(fields[11]) + int(fields[12])  # utime + stime
+            with open("/proc/stat") as f:
+                idle = int(f.readline().split()[4])
+        except (OSError, ValueError, IndexError):
+            return float("nan"), float("nan")
+        return busy / self.hz, idle / self.hz
 
 
 def _prepare(database_url: str, instance: Path, count: int) -> list[tuple[str, int]]:
@@ -124,9 +157,12 @@ def _client(url: str, jobs: list[tuple[dict[str, str], bytes]], ready: Any, go: 
     results.put(bad)
 
 
-def _load(url: str, jobs: list[tuple[dict[str, str], bytes]], clients: int) -> tuple[float, int]:
-    """Post every job from ``clients`` processes; returns (requests per second, non-2xx answers).
-    The clock starts once every client process is up and waiting (process start-up is not timed)."""
+def _load(
+    url: str, jobs: list[tuple[dict[str, str], bytes]], clients: int, usage: _Usage | None = None
+) -> tuple[float, int, float, float]:
+    """Post every job from ``clients`` processes; returns (requests per second, non-2xx answers, the
+    workers' CPU ms per request, the machine's idle cores; the last two NaN without ``usage``). The
+    clock starts once every client process is up and waiting (process start-up is not timed)."""
     ready, results, go = mp.Queue(), mp.Queue(), mp.Event()
     chunks = [jobs[i::clients] for i in range(clients)]
     procs = [mp.Process(target=_client, args=(url, chunk, ready, go, results)) for chunk in chunks]
@@ -134,13 +170,16 @@ def _load(url: str, jobs: list[tuple[dict[str, str], bytes]], clients: int) -> t
         p.start()
     for _ in procs:
         ready.get()
+    nothing = (float("nan"), float("nan"))
+    cpu0, idle0 = usage.sample() if usage else nothing
     started = time.perf_counter()
     go.set()
     bad = sum(results.get() for _ in procs)
     elapsed = time.perf_counter() - started
+    cpu1, idle1 = usage.sample() if usage else nothing
     for p in procs:
         p.join()
-    return len(jobs) / elapsed, bad
+    return len(jobs) / elapsed, bad, (cpu1 - cpu0) * 1000 / len(jobs), (idle1 - idle0) / elapsed
 
 
 def _serve(env: dict[str, str], port: int, workers: int) -> subprocess.Popen[bytes]:
@@ -187,16 +226,21 @@ def run(label: str, database_url: str, args: argparse.Namespace) -> float:
     }
     env.pop("WECHAT_APP_ID", None)
     server = _serve(env, port, args.workers)
+    usage = _Usage(server.pid)
     rounds: list[tuple[float, float, int, int]] = []
+    spent: list[tuple[float, float, float, float]] = []  # worker ms/request and idle cores: bare, notify
     try:
         base = f"http://127.0.0.1:{port}"
         warm = _bodies(instance, attempts[:50])
         _load(f"{base}/bench/bare", warm, args.clients)  # warm up every worker
         for n in range(args.rounds):
             jobs = _bodies(instance, attempts[n * args.count:(n + 1) * args.count])  # signed just now
-            bare, bare_bad = _load(f"{base}/bench/bare", jobs, args.clients)  # the same bytes
-            notify, notify_bad = _load(f"{base}/payments/wechatpay/notify", jobs, args.clients)
+            bare, bare_bad, bare_ms, bare_idle = _load(f"{base}/bench/bare", jobs, args.clients, usage)
+            notify, notify_bad, notify_ms, notify_idle = _load(
+                f"{base}/payments/wechatpay/notify", jobs, args.clients, usage
+            )
             rounds.append((bare, notify, bare_bad, notify_bad))
+            spent.append((bare_ms, notify_ms, bare_idle, notify_idle))
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
@@ -208,6 +252,11 @@ def run(label: str, database_url: str, args: argparse.Namespace) -> float:
         f"rounds: {' '.join(f'{x:.2f}' for x in ratios)}   (non-2xx: bare {sum(r[2] for r in rounds)}, "
         f"notify {sum(r[3] for r in rounds)}; {args.count} notifications a round, {args.workers} workers "
         f"× gunicorn.conf.py threads, {args.clients} clients)"
+    )
+    bare_ms, notify_ms, bare_idle, notify_idle = (median(s[i] for s in spent) for i in range(4))
+    print(
+        f"{'':10s} worker CPU per request: bare {bare_ms:.2f} ms, notify {notify_ms:.2f} ms; "
+        f"idle cores: bare {bare_idle:.2f}, notify {notify_idle:.2f} of {os.cpu_count()} (medians)"
     )
     _check_applied(database_url, args.count * args.rounds)
     return ratio
