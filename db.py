@@ -219,6 +219,7 @@ def _reset_after_fork() -> None:
 os.register_at_fork(after_in_child=_reset_after_fork)
 
 T = TypeVar("T")
+UnitOutcome = tuple[Any, BaseException | None]  # a unit's (result, error)
 
 
 class _Work:
@@ -292,6 +293,19 @@ class GroupCommit:
             raise item.error
         return cast(T, item.result)
 
+    def run_gathered(self, works: Sequence[Callable[[Session], Any]]) -> list[UnitOutcome]:
+        """Units a caller gathered itself (the payment writer process, payments/writer.py) as one
+        batch: under the write lock, in one transaction (each unit again alone if any fails), then
+        the WAL synced. Returns each unit's (result, error); raises if the sync fails — then nothing
+        may be answered as done."""
+        batch = [_Work(work) for work in works]
+        with self._lock.held():
+            for item in batch:
+                item.taken = True
+            outcomes = self._run_batch(batch)
+        self.database.sync_wal()
+        return outcomes
+
     @property
     def _lock(self) -> WriterLock:  # re-entrant: each unit's transaction takes it again
         return cast(WriterLock, self.database.writer_lock)  # batched() groups only on a SQLite file
@@ -350,6 +364,7 @@ class Database:
     session_factory: sessionmaker[Session]
     writer_lock: WriterLock | None = None
     wal_path: str | None = None  # a SQLite file's write-ahead log, synced after each write transaction
+    file: str | None = None  # a SQLite database file, as an absolute path
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> Database:
@@ -358,7 +373,8 @@ class Database:
         if not database or database == ":memory:":
             return cls(engine, sessionmaker(engine, expire_on_commit=False))
         lock = WriterLock(f"{database}-writer.lock")
-        return cls(engine, sessionmaker(engine, expire_on_commit=False), lock, f"{database}-wal")
+        return cls(engine, sessionmaker(engine, expire_on_commit=False), lock, f"{database}-wal",
+                   os.path.abspath(database))
 
     @cached_property
     def _read_engine(self) -> Engine:
@@ -439,6 +455,13 @@ class Database:
             with self.transaction() as session:
                 return work(session)
         return self._group_commit.run(work)
+
+    def batch_gathered(self, works: Sequence[Callable[[Session], Any]]) -> list[UnitOutcome]:
+        """A SQLite file: units gathered by the caller run as one batch of the group commit, WAL
+        synced (``GroupCommit.run_gathered``); each unit's (result, error)."""
+        if self.writer_lock is None:
+            raise RuntimeError("batch_gathered needs a SQLite database file")
+        return self._group_commit.run_gathered(works)
 
     @cached_property
     def _group_commit(self) -> GroupCommit:

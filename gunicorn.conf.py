@@ -29,6 +29,22 @@ errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
 
 
+# On a SQLite file, one process writes every worker's payment notifications (payments/writer.py): it
+# starts with the master, the workers find it by its socket, and apply in-process when it is gone.
+# RENOPAY_PAYMENT_WRITER=0 turns it off.
+def when_ready(server):
+    from config import load_settings
+    from payments.writer import start_writer
+
+    server.renopay_payment_writer = start_writer(load_settings().database_url)
+
+
+def on_exit(server):
+    writer = getattr(server, "renopay_payment_writer", None)
+    if writer is not None:
+        writer.stop()
+
+
 def post_fork(server, worker):  # gunicorn hook signature; both unused
     import sys
 

@@ -11,8 +11,9 @@ baseline is ``POST /bench/bare`` on the same gunicorn (same app, same workers, s
 answers 204 without looking at the body. gunicorn runs with the production settings of gunicorn.conf.py
 (gthread, its threads) for both, except that workers are not recycled (``max_requests``) during a run.
 Rounds alternate bare and notify (fresh orders each round); printed: the medians, each round's ratio
-(goal: ≥ 0.4), and — on Linux — the workers' CPU per request (on PostgreSQL the database's own
-processes come on top) and the machine's idle cores in each phase: what a ratio is made of, since the
+(goal: ≥ 0.4), and — on Linux — the workers' CPU per request (all of the master's children: on SQLite
+that includes the payment writer, payments/writer.py; on PostgreSQL the database's own processes come
+on top) and the machine's idle cores in each phase: what a ratio is made of, since the
 client processes share the cores (docs/payments.md, "Benchmark"). On a shared VM a burst of CPU steal
 can halve one side of a round, so rounds are long (1,500 notifications: 1–2 s of bare, 3–4 s of notify)
 and there are five of them; the medians are what to compare. Then the QR image: first render vs cached,

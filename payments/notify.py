@@ -26,6 +26,7 @@ from payments.refund_results import settle_refund
 from payments.runtime import gateway
 from payments.stored_apply import apply_in_one_call
 from payments.wechatpay import Callback, CallbackRejected, WeChatPayGateway, parse_time
+from payments.writer import apply_via_writer
 
 log = logging.getLogger("renopay.payments.notify")
 bp = Blueprint("wechatpay_notify", __name__, url_prefix="/payments/wechatpay")
@@ -78,18 +79,24 @@ def _process(
     apply: Callable[[Session, Mapping[str, Any]], str],
     *,
     idempotent: bool = False,
+    elsewhere: Callable[[RawNotification], str | None] | None = None,
 ) -> str:
     """Store the raw notification and apply it in ONE transaction (one commit on the hot path).
 
     A redelivery is answered with the first outcome: looked up by event id before applying, or,
     for an ``idempotent`` apply (a payment: once per transaction_id, under the bill lock), by
     applying again, which finds the earlier result; its raw row is then written with its outcome
-    in a single statement. If applying fails, the raw notification is still stored, unprocessed,
-    before the error makes us answer 500 (WeChat retries, and finance can see what arrived)."""
+    in a single statement — by the ``elsewhere`` process when it takes it (the payment writer,
+    payments/writer.py; ``None``: it did not), otherwise here. If applying fails, the raw
+    notification is still stored, unprocessed, before the error makes us answer 500 (WeChat
+    retries, and finance can see what arrived)."""
     resource = dict(callback.resource)
     raw = RawNotification(callback.event_id, callback.event_type, channel, reference, body, resource)
     try:
         if idempotent:
+            outcome = elsewhere(raw) if elsewhere is not None else None
+            if outcome is not None:
+                return outcome
             return db.batched(lambda session: _apply_and_record(session, raw, apply))
         with db.transaction() as session:
             earlier = store_notification(session, raw)
@@ -143,18 +150,37 @@ def _apply_in_one_call(db: Database, gw: WeChatPayGateway, callback: Callback, b
         return None
 
 
-def apply_transaction_generally(db: Database, gw: WeChatPayGateway, callback: Callback, body: str) -> str:
-    """The notification in a unit of work of ours: the raw notification stored with what
-    ``services.apply_wechat_payment`` did (SQLite always; on PostgreSQL what the one call left)."""
+def payment_apply(appid: str, mchid: str) -> Callable[[Session, Mapping[str, Any]], str]:
+    """What a TRANSACTION notification does to our books (for our merchant and app)."""
 
     def apply(session: Session, resource: Mapping[str, Any]) -> str:
         if resource.get("trade_state", "SUCCESS") != "SUCCESS":
             return "ignored"
-        result = services.apply_wechat_payment(session, facts_from(resource), appid=gw.appid, mchid=gw.mchid)
+        result = services.apply_wechat_payment(session, facts_from(resource), appid=appid, mchid=mchid)
         return str(result.outcome)
 
+    return apply
+
+
+def payment_unit(raw: RawNotification, appid: str, mchid: str) -> Callable[[Session], str]:
+    """A payment notification's unit of work — applied, and its raw row stored with the outcome —
+    as the payment writer runs it (payments/writer.py); the endpoint runs the same in-process."""
+    apply = payment_apply(appid, mchid)
+    return lambda session: _apply_and_record(session, raw, apply)
+
+
+def apply_transaction_generally(db: Database, gw: WeChatPayGateway, callback: Callback, body: str) -> str:
+    """The notification in a unit of work of ours: the raw notification stored with what
+    ``services.apply_wechat_payment`` did (SQLite always, through the payment writer when gunicorn
+    runs one; on PostgreSQL what the one call left)."""
+    database = db.file if db.is_sqlite else None
+
+    def elsewhere(raw: RawNotification) -> str | None:
+        return apply_via_writer(database, raw, gw.appid, gw.mchid) if database else None
+
     reference = callback.resource.get("out_trade_no")
-    return _process(db, callback, body, "payment", reference, apply, idempotent=True)
+    return _process(db, callback, body, "payment", reference, payment_apply(gw.appid, gw.mchid),
+                    idempotent=True, elsewhere=elsewhere)
 
 
 def apply_refund(db: Database, gw: WeChatPayGateway, callback: Callback, body: str) -> str:
