@@ -219,6 +219,7 @@ def _reset_after_fork() -> None:
 os.register_at_fork(after_in_child=_reset_after_fork)
 
 T = TypeVar("T")
+Work = Callable[[Session], Any]  # a unit of work, run in a write transaction's session
 UnitOutcome = tuple[Any, BaseException | None]  # a unit's (result, error)
 
 
@@ -293,17 +294,19 @@ class GroupCommit:
             raise item.error
         return cast(T, item.result)
 
-    def run_gathered(self, works: Sequence[Callable[[Session], Any]]) -> list[UnitOutcome]:
+    def run_gathered(self, works: Sequence[Work], *, sync: bool = True) -> list[UnitOutcome]:
         """Units a caller gathered itself (the payment writer process, payments/writer.py) as one
         batch: under the write lock, in one transaction (each unit again alone if any fails), then
         the WAL synced. Returns each unit's (result, error); raises if the sync fails — then nothing
-        may be answered as done."""
+        may be answered as done. ``sync=False``: the caller syncs (``Database.sync_wal``) before it
+        answers anyone."""
         batch = [_Work(work) for work in works]
         with self._lock.held():
             for item in batch:
                 item.taken = True
             outcomes = self._run_batch(batch)
-        self.database.sync_wal()
+        if sync:
+            self.database.sync_wal()
         return outcomes
 
     @property
@@ -456,12 +459,12 @@ class Database:
                 return work(session)
         return self._group_commit.run(work)
 
-    def batch_gathered(self, works: Sequence[Callable[[Session], Any]]) -> list[UnitOutcome]:
+    def batch_gathered(self, works: Sequence[Work], *, sync: bool = True) -> list[UnitOutcome]:
         """A SQLite file: units gathered by the caller run as one batch of the group commit, WAL
-        synced (``GroupCommit.run_gathered``); each unit's (result, error)."""
+        synced unless ``sync=False`` (``GroupCommit.run_gathered``); each unit's (result, error)."""
         if self.writer_lock is None:
             raise RuntimeError("batch_gathered needs a SQLite database file")
-        return self._group_commit.run_gathered(works)
+        return self._group_commit.run_gathered(works, sync=sync)
 
     @cached_property
     def _group_commit(self) -> GroupCommit:

@@ -204,6 +204,59 @@ class _Peer:
         return out
 
 
+class _Syncer:
+    """Flushes the WAL behind the writer's loop: a batch committed while a flush runs is covered by
+    the next one (the WAL only grows at its end). Answers are handed back to the loop, which alone
+    touches the sockets, through ``notify`` (a socket the loop's selector watches)."""
+
+    def __init__(self, db: Any, notify: socket.socket) -> None:
+        self.db, self.notify = db, notify
+        self._cond = threading.Condition()
+        self._waiting: list[list[tuple[_Peer, dict[str, Any]]]] = []
+        self._finished: list[tuple[list[tuple[_Peer, dict[str, Any]]], str | None]] = []
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="wal-syncer", daemon=True)
+        self._thread.start()
+
+    def after(self, answers: list[tuple[_Peer, dict[str, Any]]]) -> None:
+        with self._cond:
+            self._waiting.append(answers)
+            self._cond.notify()
+
+    def done(self) -> list[tuple[list[tuple[_Peer, dict[str, Any]]], str | None]]:
+        with self._cond:
+            finished, self._finished = self._finished, []
+        return finished
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._waiting and not self._stopping:
+                    self._cond.wait()
+                if not self._waiting:
+                    return
+                batches, self._waiting = self._waiting, []
+            failure = None
+            try:
+                self.db.sync_wal()
+            except Exception as exc:  # committed, not known to be on disk
+                log.exception("payment writer: WAL sync failed")
+                failure = f"{type(exc).__name__}: {exc}"
+            with self._cond:
+                self._finished.extend((answers, failure) for answers in batches)
+            try:
+                self.notify.send(b"!")
+            except OSError:
+                pass  # the loop's end of the pair is full of wake-ups already, or closed
+
+    def stop(self) -> None:
+        """Flush what is waiting, then end."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join(timeout=10)
+
+
 class WriterServer:
     """Accepts the workers' connections; runs what they sent, in batches, in one thread."""
 
@@ -218,6 +271,11 @@ class WriterServer:
         self._stop = threading.Event()
         self._selector = selectors.DefaultSelector()
         self._listener: socket.socket | None = None
+        self._synced_r, self._synced_w = socket.socketpair()
+        self._synced_r.setblocking(False)
+        self._synced_w.setblocking(False)
+        self._selector.register(self._synced_r, selectors.EVENT_READ)
+        self._syncer = _Syncer(self.db, self._synced_w)
         self.batches = self.units = 0
 
     def bind(self) -> None:
@@ -257,6 +315,9 @@ class WriterServer:
             if key.fileobj is self._listener:
                 self._accept()
                 continue
+            if key.fileobj is self._synced_r:
+                self._answer_synced()
+                continue
             peer: _Peer = key.data
             try:
                 data = peer.conn.recv(1 << 16)
@@ -287,6 +348,8 @@ class WriterServer:
         peer.conn.close()
 
     def _run(self, gathered: list[tuple[_Peer, dict[str, Any]]]) -> None:
+        """Commit the batch; its answers wait for the syncer's flush of the WAL (``_answer_synced``)
+        while the next batch runs."""
         units: list[tuple[_Peer, Unit | None, str | None]] = []
         for peer, message in gathered:
             try:
@@ -294,36 +357,51 @@ class WriterServer:
             except (KeyError, TypeError, ValueError) as exc:
                 units.append((peer, None, f"malformed message ({type(exc).__name__})"))
         runnable = [unit for _, unit, _ in units if unit is not None]
-        try:
-            outcomes = iter(self.db.batch_gathered(runnable)) if runnable else iter(())
-        except Exception as exc:  # the WAL sync failed: nothing is known to be durable, nobody is told done
-            log.exception("payment writer: batch of %d not synced", len(runnable))
-            outcomes = iter([(None, exc)] * len(runnable))
+        outcomes = iter(self.db.batch_gathered(runnable, sync=False) if runnable else ())
         self.batches, self.units = self.batches + 1, self.units + len(units)
+        answers: list[tuple[_Peer, dict[str, Any]]] = []
         for peer, unit, refusal in units:
             if unit is None:
-                answer: dict[str, Any] = {"error": refusal}
+                answers.append((peer, {"error": refusal}))
+                continue
+            result, error = next(outcomes)
+            if error is not None:
+                log.warning("payment writer: unit failed (%s: %s)", type(error).__name__, error)
+                answers.append((peer, {"error": f"{type(error).__name__}: {error}"}))
             else:
-                result, error = next(outcomes)
-                if error is not None:
-                    log.warning("payment writer: unit failed (%s: %s)", type(error).__name__, error)
-                failure = f"{type(error).__name__}: {error}" if error is not None else None
-                answer = {"outcome": result} if failure is None else {"error": failure}
-            self._answer(peer, answer)
+                answers.append((peer, {"outcome": result}))
+        self._syncer.after(answers)
+
+    def _answer_synced(self) -> None:
+        """Answer every batch whose commit the syncer has flushed (or failed to: then each gets an
+        error — nothing is known to be durable, so nobody is told done; WeChat retries)."""
+        try:
+            self._synced_r.recv(4096)
+        except BlockingIOError:
+            pass
+        for answers, failure in self._syncer.done():
+            for peer, answer in answers:
+                if failure is not None and "outcome" in answer:
+                    answer = {"error": f"the WAL was not synced ({failure})"}
+                self._answer(peer, answer)
 
     def _answer(self, peer: _Peer, answer: Mapping[str, Any]) -> None:
+        """A few bytes on a connection whose worker is waiting for them; one that cannot take them at
+        once has stopped reading and is dropped."""
         try:
-            peer.conn.setblocking(True)
-            peer.conn.settimeout(1.0)  # a worker that stopped reading is dropped, not waited for
-            peer.conn.sendall(_frame(answer))
-            peer.conn.setblocking(False)
+            data = _frame(answer)
+            if peer.conn.send(data) != len(data):
+                raise BlockingIOError("short send")
         except OSError:
             self._forget(peer)
 
     def _close(self) -> None:
+        self._syncer.stop()
+        self._answer_synced()  # what was committed is flushed and answered before the connections close
         for key in list(self._selector.get_map().values()):
             key.fileobj.close()  # type: ignore[union-attr]
         self._selector.close()
+        self._synced_w.close()
         try:
             os.unlink(self.path)
         except FileNotFoundError:
