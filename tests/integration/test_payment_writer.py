@@ -231,3 +231,24 @@ def test_a_socket_path_too_long_for_the_kernel_goes_to_a_private_directory(tmp_p
     assert path != writer.socket_path(database + "2")
     writer._private_directory(path)
     assert os.stat(os.path.dirname(path)).st_mode & 0o077 == 0
+
+
+def test_nobody_is_told_done_when_the_wal_cannot_be_synced(
+    sqlite_file: tuple[str, Database], server: writer.WriterServer, client: writer._Client,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, database = sqlite_file
+    build = Builder(database)
+    order = build.attempt(build.bill(900_000))
+
+    def disk_gone() -> None:
+        raise OSError(5, "Input/output error")
+
+    working = server.db.sync_wal
+    monkeypatch.setattr(server.db, "sync_wal", disk_gone)
+    raw = raw_of(resource(order, 900_000))
+    with pytest.raises(writer.WriterUnitFailed, match="not synced"):
+        writer.apply_via_writer(database.file or "", raw, APPID, MCHID)
+    monkeypatch.setattr(server.db, "sync_wal", working)  # the disk is back: WeChat's retry finds the payment
+    assert writer.apply_via_writer(database.file or "", raw, APPID, MCHID) == "duplicate"
+    assert counts(database) == (1, 1, 1)
