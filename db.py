@@ -294,20 +294,16 @@ class GroupCommit:
             raise item.error
         return cast(T, item.result)
 
-    def run_gathered(self, works: Sequence[Work], *, sync: bool = True) -> list[UnitOutcome]:
+    def run_gathered(self, works: Sequence[Work]) -> list[UnitOutcome]:
         """Units a caller gathered itself (the payment writer process, payments/writer.py) as one
-        batch: under the write lock, in one transaction (each unit again alone if any fails), then
-        the WAL synced. Returns each unit's (result, error); raises if the sync fails — then nothing
-        may be answered as done. ``sync=False``: the caller syncs (``Database.sync_wal``) before it
-        answers anyone."""
+        batch: under the write lock, in one transaction (each unit again alone if any fails).
+        Returns each unit's (result, error), committed but not synced: the caller syncs the WAL
+        (``Database.sync_wal``) before it answers anyone."""
         batch = [_Work(work) for work in works]
         with self._lock.held():
             for item in batch:
                 item.taken = True
-            outcomes = self._run_batch(batch)
-        if sync:
-            self.database.sync_wal()
-        return outcomes
+            return self._run_batch(batch)
 
     @property
     def _lock(self) -> WriterLock:  # re-entrant: each unit's transaction takes it again
@@ -459,12 +455,12 @@ class Database:
                 return work(session)
         return self._group_commit.run(work)
 
-    def batch_gathered(self, works: Sequence[Work], *, sync: bool = True) -> list[UnitOutcome]:
-        """A SQLite file: units gathered by the caller run as one batch of the group commit, WAL
-        synced unless ``sync=False`` (``GroupCommit.run_gathered``); each unit's (result, error)."""
+    def batch_gathered(self, works: Sequence[Work]) -> list[UnitOutcome]:
+        """A SQLite file: units gathered by the caller run as one batch of the group commit, not yet
+        synced (``GroupCommit.run_gathered``); each unit's (result, error)."""
         if self.writer_lock is None:
             raise RuntimeError("batch_gathered needs a SQLite database file")
-        return self._group_commit.run_gathered(works, sync=sync)
+        return self._group_commit.run_gathered(works)
 
     @cached_property
     def _group_commit(self) -> GroupCommit:

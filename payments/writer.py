@@ -6,9 +6,10 @@ gathered, every hand-off starts on a cold page cache, and the lock's holder shar
 worker's other request threads — it waits for the GIL after each statement. Here the workers verify
 and decrypt as before, then hand the stored-and-applied unit of a payment notification to this
 process over a Unix socket. It runs everything queued from all workers in one transaction of the
-group commit (``Database.batch_gathered``: each unit again alone if any fails; the WAL synced before
-anyone is answered) and answers each with its outcome. Measured under the benchmark: the workers'
-CPU per notification halves and the notify rate rises 9–16% (docs/payments.md, "Benchmark").
+group commit (``Database.batch_gathered``: each unit again alone if any fails), syncs the WAL in a
+thread of its own while the next batch runs, and only then answers each with its outcome. Measured
+under the benchmark: the workers' CPU per notification halves and the notify rate rises 9–16%
+(docs/payments.md, "Benchmark").
 
 gunicorn.conf.py starts it with the master (``start_writer``) and stops it on exit. A worker finds
 it by the socket next to the database (``socket_path``). When there is no writer, or it fails or
@@ -357,7 +358,7 @@ class WriterServer:
             except (KeyError, TypeError, ValueError) as exc:
                 units.append((peer, None, f"malformed message ({type(exc).__name__})"))
         runnable = [unit for _, unit, _ in units if unit is not None]
-        outcomes = iter(self.db.batch_gathered(runnable, sync=False) if runnable else ())
+        outcomes = iter(self.db.batch_gathered(runnable) if runnable else ())
         self.batches, self.units = self.batches + 1, self.units + len(units)
         answers: list[tuple[_Peer, dict[str, Any]]] = []
         for peer, unit, refusal in units:
