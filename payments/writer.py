@@ -38,7 +38,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -161,7 +160,7 @@ def apply_via_writer(database: str, raw: RawNotification, appid: str, mchid: str
     """The outcome of a payment notification applied by the writer process of ``database``; None when
     the caller must apply it itself (no writer, or it failed or stalled). A unit that the writer ran
     and that failed raises here, as it would have in-process."""
-    answer = _CLIENT.call(socket_path(database), {"raw": asdict(raw), "appid": appid, "mchid": mchid})
+    answer = _CLIENT.call(socket_path(database), {"raw": vars(raw), "appid": appid, "mchid": mchid})
     if answer is None:
         return None
     if "error" in answer:
