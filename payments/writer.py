@@ -24,6 +24,7 @@ the database. Messages: a 4-byte big-endian length, then UTF-8 JSON.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -63,6 +64,7 @@ def database_file(database_url: str) -> str | None:
     return os.path.abspath(url.database)
 
 
+@functools.lru_cache(maxsize=8)  # asked once per notification, of the same database
 def socket_path(database: str) -> str:
     """Next to the database file, or — when that path is too long for a socket — in a directory of the
     user's own under the temporary directory, named after the file."""
@@ -101,9 +103,12 @@ class _Client:
         self._local = threading.local()
         self._down_until = 0.0
 
-    def _connection(self, path: str) -> socket.socket:
+    def _connection(self, path: str) -> socket.socket | None:
+        """This thread's connection to the writer at ``path``; None when there is no socket there."""
         conn: socket.socket | None = getattr(self._local, "conn", None)
         if conn is None or getattr(self._local, "path", None) != path:
+            if not os.path.exists(path):
+                return None
             conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             conn.settimeout(REPLY_TIMEOUT)
             try:
@@ -123,10 +128,12 @@ class _Client:
     def call(self, path: str, message: Mapping[str, Any]) -> dict[str, Any] | None:
         """The writer's answer, or None when there is no writer or it failed (the caller goes
         in-process)."""
-        if time.monotonic() < self._down_until or not os.path.exists(path):
+        if time.monotonic() < self._down_until:
             return None
         try:
             conn = self._connection(path)
+            if conn is None:
+                return None
             conn.sendall(_frame(message))
             (size,) = _HEADER.unpack(_receive(conn, _HEADER.size))
             answer: dict[str, Any] = json.loads(_receive(conn, size))
@@ -263,11 +270,11 @@ class WriterServer:
     def __init__(self, database_url: str, path: str | None = None) -> None:
         from db import Database
 
-        database = database_file(database_url)
-        if database is None:
-            raise ValueError("the payment writer is for a SQLite database file")
         self.db = Database.from_url(database_url)
-        self.path = path or socket_path(database)
+        if self.db.file is None:
+            self.db.dispose()
+            raise ValueError("the payment writer is for a SQLite database file")
+        self.path = path or socket_path(self.db.file)
         self._stop = threading.Event()
         self._selector = selectors.DefaultSelector()
         self._listener: socket.socket | None = None
