@@ -192,10 +192,10 @@ def _unit_of(message: Mapping[str, Any]) -> Unit:
 
 
 class _Peer:
-    __slots__ = ("buffer", "conn")
+    __slots__ = ("buffer", "closed", "conn")
 
     def __init__(self, conn: socket.socket) -> None:
-        self.conn, self.buffer = conn, bytearray()
+        self.conn, self.buffer, self.closed = conn, bytearray(), False
 
     def messages(self) -> list[dict[str, Any]]:
         """The complete messages received so far; raises ValueError on a malformed one."""
@@ -211,29 +211,27 @@ class _Peer:
         return out
 
 
+Answers = list[tuple[_Peer, dict[str, Any]]]
+
+
 class _Syncer:
     """Flushes the WAL behind the writer's loop: a batch committed while a flush runs is covered by
-    the next one (the WAL only grows at its end). Answers are handed back to the loop, which alone
-    touches the sockets, through ``notify`` (a socket the loop's selector watches)."""
+    the next one (the WAL only grows at its end). Then it answers those batches itself (``answer``):
+    handing them back to the loop cost each notification the rest of the loop's current batch
+    (measured: 2.4 ms between commit and answer, of which the flush took 0.8)."""
 
-    def __init__(self, db: Any, notify: socket.socket) -> None:
-        self.db, self.notify = db, notify
+    def __init__(self, db: Any, answer: Callable[[Answers, str | None], None]) -> None:
+        self.db, self.answer = db, answer
         self._cond = threading.Condition()
-        self._waiting: list[list[tuple[_Peer, dict[str, Any]]]] = []
-        self._finished: list[tuple[list[tuple[_Peer, dict[str, Any]]], str | None]] = []
+        self._waiting: list[Answers] = []
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="wal-syncer", daemon=True)
         self._thread.start()
 
-    def after(self, answers: list[tuple[_Peer, dict[str, Any]]]) -> None:
+    def after(self, answers: Answers) -> None:
         with self._cond:
             self._waiting.append(answers)
             self._cond.notify()
-
-    def done(self) -> list[tuple[list[tuple[_Peer, dict[str, Any]]], str | None]]:
-        with self._cond:
-            finished, self._finished = self._finished, []
-        return finished
 
     def _loop(self) -> None:
         while True:
@@ -249,12 +247,11 @@ class _Syncer:
             except Exception as exc:  # committed, not known to be on disk
                 log.exception("payment writer: WAL sync failed")
                 failure = f"{type(exc).__name__}: {exc}"
-            with self._cond:
-                self._finished.extend((answers, failure) for answers in batches)
-            try:
-                self.notify.send(b"!")
-            except OSError:
-                pass  # the loop's end of the pair is full of wake-ups already, or closed
+            for answers in batches:
+                try:
+                    self.answer(answers, failure)
+                except Exception:  # never the thread: the batches after this one still need answers
+                    log.exception("payment writer: answering a batch failed")
 
     def stop(self) -> None:
         """Flush what is waiting, then end."""
@@ -278,11 +275,10 @@ class WriterServer:
         self._stop = threading.Event()
         self._selector = selectors.DefaultSelector()
         self._listener: socket.socket | None = None
-        self._synced_r, self._synced_w = socket.socketpair()
-        self._synced_r.setblocking(False)
-        self._synced_w.setblocking(False)
-        self._selector.register(self._synced_r, selectors.EVENT_READ)
-        self._syncer = _Syncer(self.db, self._synced_w)
+        # The syncer's thread sends the answers while the loop reads and drops connections: a
+        # connection is closed (and its file descriptor free for reuse) only under this lock.
+        self._sockets = threading.Lock()
+        self._syncer = _Syncer(self.db, self._answer_synced)
         self.batches = self.units = 0
 
     def bind(self) -> None:
@@ -322,9 +318,6 @@ class WriterServer:
             if key.fileobj is self._listener:
                 self._accept()
                 continue
-            if key.fileobj is self._synced_r:
-                self._answer_synced()
-                continue
             peer: _Peer = key.data
             try:
                 data = peer.conn.recv(1 << 16)
@@ -348,15 +341,17 @@ class WriterServer:
         self._selector.register(conn, selectors.EVENT_READ, _Peer(conn))
 
     def _forget(self, peer: _Peer) -> None:
-        try:
-            self._selector.unregister(peer.conn)
-        except (KeyError, ValueError):
-            pass
-        peer.conn.close()
+        with self._sockets:
+            peer.closed = True
+            try:
+                self._selector.unregister(peer.conn)
+            except (KeyError, ValueError):
+                pass
+            peer.conn.close()
 
     def _run(self, gathered: list[tuple[_Peer, dict[str, Any]]]) -> None:
-        """Commit the batch; its answers wait for the syncer's flush of the WAL (``_answer_synced``)
-        while the next batch runs."""
+        """Commit the batch; the syncer flushes the WAL and answers (``_answer_synced``) while the
+        next batch runs."""
         units: list[tuple[_Peer, Unit | None, str | None]] = []
         for peer, message in gathered:
             try:
@@ -379,36 +374,38 @@ class WriterServer:
                 answers.append((peer, {"outcome": result}))
         self._syncer.after(answers)
 
-    def _answer_synced(self) -> None:
-        """Answer every batch whose commit the syncer has flushed (or failed to: then each gets an
-        error — nothing is known to be durable, so nobody is told done; WeChat retries)."""
-        try:
-            self._synced_r.recv(4096)
-        except BlockingIOError:
-            pass
-        for answers, failure in self._syncer.done():
-            for peer, answer in answers:
-                if failure is not None and "outcome" in answer:
-                    answer = {"error": f"the WAL was not synced ({failure})"}
-                self._answer(peer, answer)
+    def _answer_synced(self, answers: Answers, failure: str | None) -> None:
+        """The syncer's thread: answer a batch whose commit it has flushed (or failed to: then each
+        gets an error — nothing is known to be durable, so nobody is told done; WeChat retries)."""
+        for peer, answer in answers:
+            if failure is not None and "outcome" in answer:
+                answer = {"error": f"the WAL was not synced ({failure})"}
+            self._answer(peer, answer)
 
     def _answer(self, peer: _Peer, answer: Mapping[str, Any]) -> None:
-        """A few bytes on a connection whose worker is waiting for them; one that cannot take them at
-        once has stopped reading and is dropped."""
-        try:
-            data = _frame(answer)
-            if peer.conn.send(data) != len(data):
-                raise BlockingIOError("short send")
-        except OSError:
-            self._forget(peer)
+        """A few bytes on a connection whose worker is waiting for them. One that cannot take them at
+        once has stopped reading: it is shut down, and the loop drops it when it reads its end."""
+        data = _frame(answer)
+        with self._sockets:
+            if peer.closed:
+                return
+            try:
+                if peer.conn.send(data) != len(data):
+                    raise BlockingIOError("short send")
+            except OSError:
+                try:
+                    peer.conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def _close(self) -> None:
-        self._syncer.stop()
-        self._answer_synced()  # what was committed is flushed and answered before the connections close
-        for key in list(self._selector.get_map().values()):
-            key.fileobj.close()  # type: ignore[union-attr]
+        self._syncer.stop()  # what was committed is flushed and answered before the connections close
+        with self._sockets:
+            for key in list(self._selector.get_map().values()):
+                if isinstance(key.data, _Peer):
+                    key.data.closed = True
+                key.fileobj.close()  # type: ignore[union-attr]
         self._selector.close()
-        self._synced_w.close()
         try:
             os.unlink(self.path)
         except FileNotFoundError:

@@ -159,6 +159,28 @@ def test_a_failing_unit_fails_alone_and_a_malformed_message_drops_only_its_conne
     assert counts(database)[0] == 1
 
 
+def test_a_worker_that_gave_up_before_its_answer_leaves_the_others_answered(
+    sqlite_file: tuple[str, Database], server: writer.WriterServer, client: writer._Client
+) -> None:
+    """The syncer's thread answers while the loop reads and drops connections: an answer for a
+    connection that is gone is skipped, and the writer goes on (the unit itself was committed)."""
+    _, database = sqlite_file
+    build = Builder(database)
+    orders = [build.attempt(build.bill(400_000 + i, phone=f"137{i:08d}")) for i in range(6)]
+    for i, order in enumerate(orders[:5]):  # five workers that time out at once and hang up
+        with socket.socket(socket.AF_UNIX) as impatient:
+            impatient.connect(server.path)
+            impatient.sendall(writer._frame({"raw": vars(raw_of(resource(order, 400_000 + i))),
+                                             "appid": APPID, "mchid": MCHID}))
+    deadline = time.monotonic() + 5
+    while server.units < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.units == 5 and counts(database)[0] == 5
+    last = raw_of(resource(orders[5], 400_005))
+    assert writer.apply_via_writer(database.file or "", last, APPID, MCHID) == "applied"
+    assert counts(database) == (6, 6, 6)
+
+
 def test_without_a_writer_the_worker_is_told_to_apply_in_process(
     sqlite_file: tuple[str, Database], client: writer._Client, tmp_path: Path
 ) -> None:
