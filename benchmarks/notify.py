@@ -68,11 +68,16 @@ class _Usage:
         self.hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
     def _workers(self) -> list[int]:
+        """The master's children, whichever of its threads started them (a payment writer that was
+        started again comes from the master's watcher thread)."""
+        pids: list[int] = []
         try:
-            with open(f"/proc/{self.master_pid}/task/{self.master_pid}/children") as f:
-                return [int(pid) for pid in f.read().split()]
+            for task in os.listdir(f"/proc/{self.master_pid}/task"):
+                with open(f"/proc/{self.master_pid}/task/{task}/children") as f:
+                    pids += (int(pid) for pid in f.read().split())
         except OSError:
-            return []
+            pass
+        return pids
 
     def sample(self) -> tuple[float, float]:
         """(CPU seconds of the current workers, idle seconds of the machine)."""

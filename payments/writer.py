@@ -14,8 +14,9 @@ under the benchmark: the workers' CPU per notification halves and the notify rat
 gunicorn.conf.py starts it with the master (``start_writer``) and stops it on exit. A worker finds
 it by the socket next to the database (``socket_path``). When there is no writer, or it fails or
 stalls, the worker applies the notification in-process, as without it (``apply_via_writer`` returns
-``None``; a writer that died stays gone until gunicorn restarts). That is safe because the unit is
-idempotent: a payment is applied once per transaction_id, and the raw notification is upserted.
+``None``; the master starts a writer that died again, after 1 s and backing off to 60 s). That is
+safe because the unit is idempotent: a payment is applied once per transaction_id, and the raw
+notification is upserted.
 The socket is bound under umask 077, so only its user can connect, and that user can already write
 the database. Messages: a 4-byte big-endian length, then UTF-8 JSON.
 
@@ -52,6 +53,7 @@ MAX_MESSAGE = 1 << 20  # a notification is a few KB; anything larger is not ours
 MAX_BATCH = 32
 REPLY_TIMEOUT = 2.0  # s: then the worker applies it itself (WeChat wants an answer within 5 s)
 RETRY_AFTER = 30.0  # s: after a failure, workers go in-process for this long before trying again
+RESTART_AFTER = (1.0, 60.0)  # s: a dead writer is started again after the first, backing off to the second
 _HEADER = struct.Struct("!I")
 _SOCKET_PATH_LIMIT = 100  # sun_path holds 108 bytes on Linux, 104 on macOS
 
@@ -414,32 +416,72 @@ class WriterServer:
 
 
 class WriterProcess:
-    """The writer as a child process (started by gunicorn's master)."""
+    """The writer as a child process (started by gunicorn's master). One that dies is started again
+    (``launch``) after RESTART_AFTER[0] seconds, twice as long each time it dies again within a
+    minute of its start, up to RESTART_AFTER[1]; meanwhile the workers apply in-process."""
 
-    def __init__(self, process: subprocess.Popen[bytes], path: str) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], path: str,
+                 launch: Callable[[], subprocess.Popen[bytes] | None] | None = None) -> None:
         self.process, self.path = process, path
+        self.restarts = 0
+        self._launch = launch
+        self._stopping = threading.Event()
+        self._starting = threading.Lock()  # a writer started while stop() runs is stopped too
+        if launch is not None:
+            threading.Thread(target=self._watch, name="payment-writer-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        delay, started = RESTART_AFTER[0], time.monotonic()
+        while True:
+            code = self.process.wait()
+            if self._stopping.is_set():
+                return
+            if time.monotonic() - started > 60:
+                delay = RESTART_AFTER[0]
+            log.warning("payment writer (pid %d) is gone (exit %s); starting it again in %.0f s",
+                        self.process.pid, code, delay)
+            if self._stopping.wait(delay):
+                return
+            with self._starting:
+                if self._stopping.is_set():
+                    return
+                process = self._launch() if self._launch is not None else None
+                started = time.monotonic()
+                if process is not None:
+                    self.process, self.restarts = process, self.restarts + 1
+            delay = min(delay * 2, RESTART_AFTER[1])
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+        self._stopping.set()
+        with self._starting:
+            process = self.process
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(timeout=timeout)
+                process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+                process.kill()
+                process.wait()
 
 
 def start_writer(database_url: str, *, timeout: float = 15.0) -> WriterProcess | None:
     """Start the writer for ``database_url`` if it is a SQLite file and RENOPAY_PAYMENT_WRITER is not
     "0"; returns once it accepts connections (None otherwise, or if it did not come up — the workers
-    then apply in-process)."""
+    then apply in-process). It is started again whenever it dies (``WriterProcess``)."""
     database = database_file(database_url)
     if database is None or os.environ.get("RENOPAY_PAYMENT_WRITER", "1") == "0":
         return None
     path = socket_path(database)
+    launch = functools.partial(_launch, database, path, os.getpid(), timeout)
+    process = launch()
+    return None if process is None else WriterProcess(process, path, launch)
+
+
+def _launch(database: str, path: str, parent: int, timeout: float) -> subprocess.Popen[bytes] | None:
+    """The writer process, once it accepts connections at ``path``; None if it did not come up."""
     root = Path(__file__).resolve().parents[1]
     absolute = f"sqlite:///{database}"  # the workers resolve a relative path from this directory, not root
-    command = [sys.executable, "-m", "payments.writer", absolute, str(os.getpid())]
+    command = [sys.executable, "-m", "payments.writer", absolute, str(parent)]
     process = subprocess.Popen(command, cwd=root)  # noqa: S603 - our interpreter, our module, our arguments
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
@@ -447,7 +489,7 @@ def start_writer(database_url: str, *, timeout: float = 15.0) -> WriterProcess |
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
                 probe.connect(path)
             log.info("payment writer started (pid %d)", process.pid)
-            return WriterProcess(process, path)
+            return process
         except OSError:
             time.sleep(0.05)
     log.warning("payment writer did not start; workers apply notifications in-process")

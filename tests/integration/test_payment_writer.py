@@ -238,6 +238,35 @@ def test_the_writer_process_starts_with_gunicorns_master_and_stops_with_it(
     assert counts(database) == (1, 1, 1)
 
 
+def test_a_writer_that_dies_is_started_again(
+    sqlite_file: tuple[str, Database], client: writer._Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed (OOM, a crash): the workers go in-process at once, and the master's watcher starts a
+    new writer, which they find again once their RETRY_AFTER is over. Stopping ends the watching."""
+    url, database = sqlite_file
+    monkeypatch.setattr(writer, "RESTART_AFTER", (0.2, 0.4))
+    process = writer.start_writer(url)
+    assert process is not None
+    first = process.process
+    try:
+        first.kill()
+        deadline = time.monotonic() + 20
+        while process.restarts == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert process.restarts == 1 and process.process.pid != first.pid
+        assert process.process.poll() is None
+        build = Builder(database)
+        order = build.attempt(build.bill(800_000))
+        raw = raw_of(resource(order, 800_000))
+        assert writer.apply_via_writer(database.file or "", raw, APPID, MCHID) == "applied"
+    finally:
+        process.stop()
+    assert process.process.returncode == 0 and not os.path.exists(process.path)
+    time.sleep(0.6)  # longer than the backoff: a stopped writer is not started again
+    assert process.restarts == 1 and not os.path.exists(process.path)
+    assert counts(database) == (1, 1, 1)
+
+
 def test_a_writer_whose_master_is_gone_stops_by_itself(sqlite_file: tuple[str, Database]) -> None:
     url, database = sqlite_file
     not_my_parent = os.getpid() + 1_000_000
