@@ -421,14 +421,13 @@ class WriterProcess:
     minute of its start, up to RESTART_AFTER[1]; meanwhile the workers apply in-process."""
 
     def __init__(self, process: subprocess.Popen[bytes], path: str,
-                 launch: Callable[[], subprocess.Popen[bytes] | None] | None = None) -> None:
+                 launch: Callable[[], subprocess.Popen[bytes] | None]) -> None:
         self.process, self.path = process, path
         self.restarts = 0
         self._launch = launch
         self._stopping = threading.Event()
         self._starting = threading.Lock()  # a writer started while stop() runs is stopped too
-        if launch is not None:
-            threading.Thread(target=self._watch, name="payment-writer-watch", daemon=True).start()
+        threading.Thread(target=self._watch, name="payment-writer-watch", daemon=True).start()
 
     def _watch(self) -> None:
         delay, started = RESTART_AFTER[0], time.monotonic()
@@ -445,7 +444,7 @@ class WriterProcess:
             with self._starting:
                 if self._stopping.is_set():
                     return
-                process = self._launch() if self._launch is not None else None
+                process = self._launch()
                 started = time.monotonic()
                 if process is not None:
                     self.process, self.restarts = process, self.restarts + 1
