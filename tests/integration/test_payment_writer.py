@@ -89,6 +89,13 @@ def raw_of(data: dict[str, Any]) -> RawNotification:
     return RawNotification(event_id, "TRANSACTION.SUCCESS", "payment", data["out_trade_no"], body, data)
 
 
+def pay_one_bill_through_the_writer(database: Database, amount_fen: int) -> str | None:
+    """A new bill paid in full by one notification sent to the writer; the writer's answer."""
+    build = Builder(database)
+    raw = raw_of(resource(build.attempt(build.bill(amount_fen)), amount_fen))
+    return writer.apply_via_writer(database.file or "", raw, APPID, MCHID)
+
+
 def counts(database: Database) -> tuple[int, int, int]:
     with database.transaction() as s:
         return (
@@ -228,10 +235,7 @@ def test_the_writer_process_starts_with_gunicorns_master_and_stops_with_it(
     assert process is not None
     try:
         assert os.stat(process.path).st_mode & 0o077 == 0  # the user's own socket
-        build = Builder(database)
-        order = build.attempt(build.bill(700_000))
-        raw = raw_of(resource(order, 700_000))
-        assert writer.apply_via_writer(database.file or "", raw, APPID, MCHID) == "applied"
+        assert pay_one_bill_through_the_writer(database, 700_000) == "applied"
     finally:
         process.stop()
     assert process.process.returncode == 0 and not os.path.exists(process.path)
@@ -255,10 +259,7 @@ def test_a_writer_that_dies_is_started_again(
             time.sleep(0.05)
         assert process.restarts == 1 and process.process.pid != first.pid
         assert process.process.poll() is None
-        build = Builder(database)
-        order = build.attempt(build.bill(800_000))
-        raw = raw_of(resource(order, 800_000))
-        assert writer.apply_via_writer(database.file or "", raw, APPID, MCHID) == "applied"
+        assert pay_one_bill_through_the_writer(database, 800_000) == "applied"
     finally:
         process.stop()
     assert process.process.returncode == 0 and not os.path.exists(process.path)
