@@ -34,8 +34,10 @@ loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
 # RENOPAY_PAYMENT_WRITER=0 turns it off.
 def when_ready(server):
     from config import load_settings
+    from observability import configure_logging
     from payments.writer import start_writer
 
+    configure_logging(os.environ.get("RENOPAY_LOG_LEVEL", "INFO"))  # the master's own lines, as JSON
     server.renopay_payment_writer = start_writer(load_settings().database_url)
 
 
