@@ -64,6 +64,15 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
+def sqlite_file(url: str) -> str | None:
+    """The SQLite database file of ``url``, as an absolute path; None for another database or an
+    in-memory one."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return os.path.abspath(parsed.database)
+
+
 def normalise_url(url: str) -> str:
     """Prefer psycopg 3 for plain ``postgresql://`` URLs."""
     parsed = make_url(url)
@@ -89,10 +98,10 @@ def build_engine(url: str, *, ping_after_idle: float = PING_AFTER_IDLE, **kwargs
             install_pipeline_guards(engine)
         return engine
 
-    database = make_url(url).database
-    if database and database != ":memory:":
+    database = sqlite_file(url)
+    if database:
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-    if not database or database == ":memory:":
+    else:
         kwargs.setdefault("poolclass", NullPool)
     engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs)
 
@@ -368,12 +377,11 @@ class Database:
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> Database:
         engine = build_engine(url, **kwargs)
-        database = make_url(engine.url).database if engine.dialect.name == "sqlite" else None
-        if not database or database == ":memory:":
+        database = sqlite_file(url)
+        if database is None:
             return cls(engine, sessionmaker(engine, expire_on_commit=False))
         lock = WriterLock(f"{database}-writer.lock")
-        return cls(engine, sessionmaker(engine, expire_on_commit=False), lock, f"{database}-wal",
-                   os.path.abspath(database))
+        return cls(engine, sessionmaker(engine, expire_on_commit=False), lock, f"{database}-wal", database)
 
     @cached_property
     def _read_engine(self) -> Engine:

@@ -32,6 +32,7 @@ log = logging.getLogger("renopay.payments.notify")
 bp = Blueprint("wechatpay_notify", __name__, url_prefix="/payments/wechatpay")
 
 NO_CONTENT, NOT_APPLICABLE = 204, 200
+Apply = Callable[[Session, Mapping[str, Any]], str]  # what a notification's resource does to our books
 OUTCOME_STATUS = {
     "applied": NO_CONTENT,
     "duplicate": NO_CONTENT,
@@ -76,7 +77,7 @@ def _process(
     body: str,
     channel: str,
     reference: str | None,
-    apply: Callable[[Session, Mapping[str, Any]], str],
+    apply: Apply,
     *,
     idempotent: bool = False,
     elsewhere: Callable[[RawNotification], str | None] | None = None,
@@ -97,7 +98,7 @@ def _process(
             outcome = elsewhere(raw) if elsewhere is not None else None
             if outcome is not None:
                 return outcome
-            return db.batched(lambda session: _apply_and_record(session, raw, apply))
+            return db.batched(_unit(raw, apply))
         with db.transaction() as session:
             earlier = store_notification(session, raw)
             if earlier is not None:
@@ -111,8 +112,12 @@ def _process(
         raise
 
 
-def _apply_and_record(session: Session, raw: RawNotification,
-                      apply: Callable[[Session, Mapping[str, Any]], str]) -> str:
+def _unit(raw: RawNotification, apply: Apply) -> Callable[[Session], str]:
+    """A notification's unit of work: applied, and its raw row stored with the outcome."""
+    return lambda session: _apply_and_record(session, raw, apply)
+
+
+def _apply_and_record(session: Session, raw: RawNotification, apply: Apply) -> str:
     outcome = apply(session, raw.resource)
     record_processed(session, raw, outcome)
     return outcome
@@ -150,7 +155,7 @@ def _apply_in_one_call(db: Database, gw: WeChatPayGateway, callback: Callback, b
         return None
 
 
-def payment_apply(appid: str, mchid: str) -> Callable[[Session, Mapping[str, Any]], str]:
+def payment_apply(appid: str, mchid: str) -> Apply:
     """What a TRANSACTION notification does to our books (for our merchant and app)."""
 
     def apply(session: Session, resource: Mapping[str, Any]) -> str:
@@ -165,15 +170,14 @@ def payment_apply(appid: str, mchid: str) -> Callable[[Session, Mapping[str, Any
 def payment_unit(raw: RawNotification, appid: str, mchid: str) -> Callable[[Session], str]:
     """A payment notification's unit of work — applied, and its raw row stored with the outcome —
     as the payment writer runs it (payments/writer.py); the endpoint runs the same in-process."""
-    apply = payment_apply(appid, mchid)
-    return lambda session: _apply_and_record(session, raw, apply)
+    return _unit(raw, payment_apply(appid, mchid))
 
 
 def apply_transaction_generally(db: Database, gw: WeChatPayGateway, callback: Callback, body: str) -> str:
     """The notification in a unit of work of ours: the raw notification stored with what
     ``services.apply_wechat_payment`` did (SQLite always, through the payment writer when gunicorn
     runs one; on PostgreSQL what the one call left)."""
-    database = db.file if db.is_sqlite else None
+    database = db.file  # a SQLite file (None on PostgreSQL or in memory)
 
     def elsewhere(raw: RawNotification) -> str | None:
         return apply_via_writer(database, raw, gw.appid, gw.mchid) if database else None

@@ -43,8 +43,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.engine import make_url
-
+from db import sqlite_file
 from payments.notifications import RawNotification
 
 log = logging.getLogger("renopay.payments.writer")
@@ -56,14 +55,6 @@ RETRY_AFTER = 30.0  # s: after a failure, workers go in-process for this long be
 RESTART_AFTER = (1.0, 60.0)  # s: a dead writer is started again after the first, backing off to the second
 _HEADER = struct.Struct("!I")
 _SOCKET_PATH_LIMIT = 100  # sun_path holds 108 bytes on Linux, 104 on macOS
-
-
-def database_file(database_url: str) -> str | None:
-    """The SQLite file of ``database_url``; None for PostgreSQL or an in-memory database."""
-    url = make_url(database_url)
-    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
-        return None
-    return os.path.abspath(url.database)
 
 
 @functools.lru_cache(maxsize=8)  # asked once per notification, of the same database
@@ -467,7 +458,7 @@ def start_writer(database_url: str, *, timeout: float = 15.0) -> WriterProcess |
     """Start the writer for ``database_url`` if it is a SQLite file and RENOPAY_PAYMENT_WRITER is not
     "0"; returns once it accepts connections (None otherwise, or if it did not come up — the workers
     then apply in-process). It is started again whenever it dies (``WriterProcess``)."""
-    database = database_file(database_url)
+    database = sqlite_file(database_url)
     if database is None or os.environ.get("RENOPAY_PAYMENT_WRITER", "1") == "0":
         return None
     path = socket_path(database)
