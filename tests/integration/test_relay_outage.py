@@ -12,6 +12,9 @@ from erp_sync import admin
 from erp_sync.outbox import DeliveryStatus, OutboxDelivery, OutboxEvent
 from erp_sync.relay import Claimed, RelayStats
 from tests.fixtures.erp import make_relay
+from tests.support.erp_receiver import wait_until
+
+_PATIENT = (5.0, 10.0)  # connect, read: seconds
 
 
 def _closed_port_url() -> str:
@@ -49,7 +52,7 @@ def test_refused_then_500_then_timeouts_lose_nothing_and_the_backoff_is_visible(
     _two_events_on_each_of(build, 5)
     clock.sync()
     # base 60 s: the status below reads the real clock, so the first backoff must outlast the test's pace
-    relay = make_relay(db, _closed_port_url(), clock=clock, timeout=(0.5, 0.3), base_delay=60.0)
+    relay = make_relay(db, _closed_port_url(), clock=clock, timeout=_PATIENT, base_delay=60.0)
     hook = relay.subscribers["erp"]
 
     relay.run_once()  # connection refused; only the first event of each bill is tried (order)
@@ -63,18 +66,23 @@ def test_refused_then_500_then_timeouts_lose_nothing_and_the_backoff_is_visible(
     relay.run_once()
     assert {d.last_error for d in _deliveries(db) if d.last_error} == {"HTTP 500: no"}
 
-    erp_receiver.receiver.mode, erp_receiver.receiver.delay = "ok", 1.0  # slower than the 0.3 s timeout
+    erp_receiver.receiver.mode, erp_receiver.receiver.delay = "ok", 2.0  # far slower than the 0.3 s timeout
+    hook.timeout = (2.0, 0.3)  # type: ignore[attr-defined]
     clock.advance(minutes=4)
     relay.run_once()
     assert {d.last_error for d in _deliveries(db) if d.last_error} == {"timeout (ReadTimeout)"}
     assert max(d.next_attempt_at for d in _deliveries(db)) > clock.now
     assert [d.attempts for d in _deliveries(db) if d.seq == 1] == [3] * 5
 
+    # The ERP is back. Only the timeout stage uses a short timeout: on a busy CI machine an ordinary
+    # answer can take longer than 0.3 s, and a spurious timeout here would leave a delivery backing off.
     erp_receiver.receiver.delay = 0.0
+    hook.timeout = _PATIENT  # type: ignore[attr-defined]
+    assert wait_until(lambda: not erp_receiver.receiver.busy, timeout=10)  # the slow answers are done
     clock.advance(hours=1)
     relay.drain()
 
-    assert {d.status for d in _deliveries(db)} == {DeliveryStatus.delivered.value}
+    assert {(d.status, d.last_error) for d in _deliveries(db)} == {(DeliveryStatus.delivered.value, None)}
     assert erp_receiver.receiver.processed_ids == _event_ids(db)
     assert all(seqs == [1, 2] for seqs in erp_receiver.receiver.seqs_by_bill().values())
 

@@ -311,9 +311,11 @@ def test_push_client_url_verification(wechat_credentials, wechat_recorder):
 
 def test_push_client_retries_slow_target_with_same_msgid(wechat_credentials, wechat_recorder):
     c = wechat_credentials
-    wechat_recorder.delay_first = 0.6
+    # The first answer comes long after the timeout; the retry has a whole second, so a busy CI machine
+    # cannot turn the second attempt into a third.
+    wechat_recorder.delay_first = 2.0
     client = pc.PushClient(wechat_recorder.url, c.token, c.app_id, c.encoding_aes_key, c.original_id,
-                           mode="safe", timeout=0.3)
+                           mode="safe", timeout=1.0)
     msg = pc.text_message(c.original_id, "oRetry000000000000000000001", "确认")
     result = client.push(msg)
     assert result.ok and result.attempts == 2
