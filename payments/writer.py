@@ -53,6 +53,7 @@ MAX_BATCH = 32
 REPLY_TIMEOUT = 2.0  # s: then the worker applies it itself (WeChat wants an answer within 5 s)
 RETRY_AFTER = 30.0  # s: after a failure, workers go in-process for this long before trying again
 RESTART_AFTER = (1.0, 60.0)  # s: a dead writer is started again after the first, backing off to the second
+STABLE_AFTER = 60.0  # s: a writer that ran this long before dying is started again after RESTART_AFTER[0]
 _HEADER = struct.Struct("!I")
 _SOCKET_PATH_LIMIT = 100  # sun_path holds 108 bytes on Linux, 104 on macOS
 
@@ -408,8 +409,8 @@ class WriterServer:
 
 class WriterProcess:
     """The writer as a child process (started by gunicorn's master). One that dies is started again
-    (``launch``) after RESTART_AFTER[0] seconds, twice as long each time it dies again within a
-    minute of its start, up to RESTART_AFTER[1]; meanwhile the workers apply in-process."""
+    (``launch``) after RESTART_AFTER[0] seconds, twice as long each time it dies again within
+    STABLE_AFTER seconds of its start, up to RESTART_AFTER[1]; meanwhile the workers apply in-process."""
 
     def __init__(self, process: subprocess.Popen[bytes], path: str,
                  launch: Callable[[], subprocess.Popen[bytes] | None]) -> None:
@@ -426,7 +427,7 @@ class WriterProcess:
             code = self.process.wait()
             if self._stopping.is_set():
                 return
-            if time.monotonic() - started > 60:
+            if time.monotonic() - started > STABLE_AFTER:
                 delay = RESTART_AFTER[0]
             log.warning("payment writer (pid %d) is gone (exit %s); starting it again in %.0f s",
                         self.process.pid, code, delay)
